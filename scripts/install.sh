@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything emolive needs on a fresh Debian machine: system packages (TTS engines for
+# test speech and training, Chromium for browser tests), then a virtual environment in .venv.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(flite espeak-ng festival festvox-kallpc16k chromium sox)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "install.sh: please install these Debian packages first: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# torch first and pinned exactly: the local CPU wheel; any looser spec pulls CUDA builds.
+"${pip[@]}" install torch==2.13.0
+"${pip[@]}" install -e ".[dev]"
+"${pip[@]}" install --no-deps -r requirements/no-deps.txt
