@@ -1,0 +1,1 @@
+"""The ``emolive`` command line."""

@@ -1,0 +1,72 @@
+"""``emolive bench``: stage timings, reported as medians. A benchmark, never a test."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from engine.audio import load_audio, log_mel, video_frame_features
+from engine.motion import generate
+from engine.motion.registry import create_motion_model
+from engine.motion_space import FPS, MotionControls
+from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+from engine.render import Renderer
+from engine.video import Mp4Writer
+
+
+def _speech(seconds: float) -> np.ndarray:
+    """The bundled clip, looped to ``seconds``."""
+    clip = load_audio(DEFAULT_AUDIO)
+    repeats = int(np.ceil(seconds * 16000 / len(clip)))
+    return np.tile(clip, repeats)[: int(seconds * 16000)]
+
+
+def bench_render(args: argparse.Namespace) -> None:
+    console = Console()
+    _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=args.size))
+    audio = _speech(args.seconds)
+    timings: dict[str, list[float]] = {"features": [], "motion": [], "render": [], "encode": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            t0 = time.perf_counter()
+            features = video_frame_features(log_mel(audio))
+            t1 = time.perf_counter()
+            track = generate(create_motion_model(args.motion), features, MotionControls(seed=run))
+            t2 = time.perf_counter()
+            renderer = Renderer(rig)
+            frames = [renderer.render(row) for row in track.frames]
+            t3 = time.perf_counter()
+            with Mp4Writer(Path(tmp) / "bench.mp4", args.size, args.size, FPS, audio=audio) as writer:
+                for frame in frames:
+                    writer.write(frame)
+            t4 = time.perf_counter()
+            n = len(frames)
+            for stage, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                timings[stage].append(1000 * seconds / n)
+            console.print(f"run {run + 1}/{args.runs}: {n} frames", style="dim")
+    medians = {stage: statistics.median(values) for stage, values in timings.items()}
+    frame_ms = 1000 / FPS
+    table = Table(title=f"emolive bench render — {args.size}², {args.seconds:.0f} s of speech, median of {args.runs} runs, motion={args.motion}")
+    table.add_column("stage")
+    table.add_column("ms / frame", justify="right")
+    for stage, value in medians.items():
+        table.add_row(stage, f"{value:.2f}")
+    render_encode = medians["render"] + medians["encode"]
+    total = sum(medians.values())
+    table.add_row("render + encode", f"{render_encode:.2f}", style="bold")
+    table.add_row("all stages", f"{total:.2f}", style="bold")
+    console.print(table)
+    console.print(f"real-time factor (render + encode): {frame_ms / render_encode:.1f}x")
+    console.print(f"real-time factor (all stages):      {frame_ms / total:.1f}x")
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    if args.bench == "render":
+        bench_render(args)

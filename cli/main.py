@@ -1,0 +1,165 @@
+"""``emolive``: render, motion, bench (and, as they land, serve, eval, export, train).
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from engine.errors import BadInputError
+from engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS
+from engine.motion_space import FPS, MotionControls
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def _add_motion_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--motion", choices=MOTION_MODELS, default=DEFAULT_MOTION_MODEL,
+                        help=f"audio-to-motion model (default: {DEFAULT_MOTION_MODEL})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for blinks, head sway and other free motion; same seed, same video (default: 0)")
+    parser.add_argument("--head-motion", type=float, default=1.0, metavar="X",
+                        help="head movement: 0 still, 1 natural (default), 2 lively")
+    parser.add_argument("--expressiveness", type=float, default=1.0, metavar="X",
+                        help="brows, cheeks and smiles: 0 flat, 1 natural (default), 2 animated; lips always follow the audio")
+
+
+def _controls(args: argparse.Namespace) -> MotionControls:
+    for name in ("head_motion", "expressiveness"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 2.0:
+            raise BadInputError(f"--{name.replace('_', '-')} must be between 0 and 2, got {value}")
+    return MotionControls(head_motion=args.head_motion, expressiveness=args.expressiveness, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT
+
+    parser = argparse.ArgumentParser(
+        prog="emolive",
+        description="Real-time talking portraits: one portrait + speech -> that face talking, blinking and moving.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = commands.add_parser(
+        "render", help="render a portrait speaking an audio file to MP4",
+        description="Render PORTRAIT speaking AUDIO into an H.264/AAC MP4. With no inputs, renders the bundled demo.",
+    )
+    render.add_argument("portrait", nargs="?", type=Path, default=DEFAULT_PORTRAIT,
+                        help="portrait image: PNG, JPEG, WebP or BMP (default: the bundled astronaut)")
+    render.add_argument("audio", nargs="?", type=Path, default=DEFAULT_AUDIO,
+                        help="speech: WAV, FLAC, OGG, MP3, M4A, any rate or channel count (default: bundled clip)")
+    render.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"), help="output MP4 (default: demo.mp4)")
+    render.add_argument("--size", type=int, default=512, help="output size in pixels, square crop side (default: 512)")
+    render.add_argument("--keep-framing", action="store_true",
+                        help="keep the whole image (long side = --size) instead of a head-and-shoulders crop")
+    render.add_argument("--fps", type=float, default=FPS, help=f"output frame rate (default: {FPS})")
+    render.add_argument("--contact-sheet", type=Path, metavar="PNG",
+                        help="also write 8 evenly spaced frames tiled into this PNG")
+    render.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_motion_options(render)
+
+    motion = commands.add_parser(
+        "motion", help="audio -> motion stream (head pose + ARKit blendshapes) as CSV or JSON",
+        description="Write one row per video frame: a time column and one named column per motion channel "
+                    "(head pose in radians, ARKit blendshapes in [0, 1]), for driving 3D avatars.",
+    )
+    motion.add_argument("audio", nargs="?", type=Path, default=DEFAULT_AUDIO, help="speech file (default: bundled clip)")
+    motion.add_argument("-o", "--output", type=Path, default=Path("motion.csv"),
+                        help="output .csv or .json (default: motion.csv)")
+    motion.add_argument("--fps", type=float, default=FPS, help=f"rows per second (default: {FPS})")
+    _add_motion_options(motion)
+
+    bench = commands.add_parser("bench", help="benchmarks (timings, not tests)")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="KIND")
+    bench_render = bench_kinds.add_parser(
+        "render", help="ms per frame of each offline stage and the real-time factor",
+        description="Times features, motion, render and encode per video frame on the bundled avatar "
+                    "(median of several runs) and prints the real-time factor.",
+    )
+    bench_render.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
+    bench_render.add_argument("--seconds", type=float, default=8.0, help="audio length per run (default: 8)")
+    bench_render.add_argument("--runs", type=int, default=5, help="runs; the median is reported (default: 5)")
+    bench_render.add_argument("--motion", choices=MOTION_MODELS, default=DEFAULT_MOTION_MODEL,
+                              help=f"motion model (default: {DEFAULT_MOTION_MODEL})")
+    return parser
+
+
+def _run_render(args: argparse.Namespace) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.offline import RenderOptions, contact_sheet, render_video
+
+    if not 64 <= args.size <= 2048:
+        raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
+    if not 1 <= args.fps <= 60:
+        raise BadInputError(f"--fps must be between 1 and 60, got {args.fps}")
+    if args.output.suffix.lower() != ".mp4":
+        raise BadInputError(f"{args.output}: output must end in .mp4")
+    options = RenderOptions(size=args.size, fps=args.fps, keep_framing=args.keep_framing,
+                            motion=args.motion, controls=_controls(args))
+    sheet_indices: set[int] = set()
+
+    def keep(index: int) -> bool:
+        return index in sheet_indices
+
+    with Progress(TextColumn("[bold]rendering"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
+                  TimeRemainingColumn(), disable=args.quiet, transient=False) as progress:
+        task = progress.add_task("render", total=None)
+
+        def on_frame(done: int, total: int) -> None:
+            if not sheet_indices:
+                sheet_indices.update(int(i) for i in (0.5 + (total - 1) * (k + 0.5) / 8 for k in range(8)))
+            progress.update(task, completed=done, total=total)
+
+        frames = render_video(args.portrait, args.audio, args.output, options, on_frame=on_frame,
+                              keep_frames=keep if args.contact_sheet else None)
+    if args.contact_sheet:
+        import cv2
+
+        cv2.imwrite(str(args.contact_sheet), contact_sheet(frames)[..., ::-1])
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+def _run_motion(args: argparse.Namespace) -> None:
+    from engine.audio import load_audio
+    from engine.offline import RenderOptions, audio_to_motion
+
+    if args.output.suffix.lower() not in (".csv", ".json"):
+        raise BadInputError(f"{args.output}: output must end in .csv or .json")
+    options = RenderOptions(fps=args.fps, motion=args.motion, controls=_controls(args))
+    track = audio_to_motion(load_audio(args.audio), options)
+    track.save(args.output)
+    print(f"wrote {len(track)} frames to {args.output}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "render":
+            _run_render(args)
+        elif args.command == "motion":
+            _run_motion(args)
+        elif args.command == "bench":
+            from cli.bench import run_bench
+
+            run_bench(args)
+    except BadInputError as error:
+        print(f"emolive: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # an internal error: the traceback is what a bug report needs
+        traceback.print_exc()
+        print("emolive: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""MP4 output: H.264 (yuv420p) video with the driving audio as AAC, muxed by PyAV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+import soxr
+
+_AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+_AUDIO_CHUNK = 1024  # AAC frame size
+
+
+class Mp4Writer:
+    """Writes RGB frames at a fixed rate and interleaves the audio that belongs to them.
+
+    ``audio`` is mono float32 in [-1, 1] at ``audio_rate``; it starts with frame 0."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: float = 25.0,
+        audio: np.ndarray | None = None,
+        audio_rate: int = 16000,
+        crf: int = 20,
+        preset: str = "veryfast",
+    ) -> None:
+        self.path = Path(path)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self._container = av.open(str(self.path), mode="w")
+        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._video.width, self._video.height = width, height
+        self._video.pix_fmt = "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": preset}
+        self._frames = 0
+        self._audio_stream = None
+        if audio is not None:
+            if audio_rate not in _AAC_RATES:
+                audio = soxr.resample(audio, audio_rate, 48000).astype(np.float32)
+                audio_rate = 48000
+            self._audio = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
+            self._audio_rate = audio_rate
+            self._audio_written = 0
+            self._audio_stream = self._container.add_stream("aac", rate=audio_rate)
+            self._audio_stream.layout = "mono"
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame."""
+        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        video_frame.pts = self._frames
+        video_frame.time_base = 1 / self.fps
+        self._container.mux(self._video.encode(video_frame))
+        self._frames += 1
+        if self._audio_stream is not None:
+            self._write_audio(until=int(self._frames / self.fps * self._audio_rate))
+
+    def _write_audio(self, until: int) -> None:
+        until = min(until, len(self._audio))
+        while self._audio_written + _AUDIO_CHUNK <= until or (until == len(self._audio) and self._audio_written < until):
+            chunk = self._audio[self._audio_written : self._audio_written + _AUDIO_CHUNK]
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+            frame.sample_rate = self._audio_rate
+            frame.pts = self._audio_written
+            frame.time_base = Fraction(1, self._audio_rate)
+            self._container.mux(self._audio_stream.encode(frame))
+            self._audio_written += len(chunk)
+
+    def close(self) -> None:
+        """Flush encoders; audio left beyond the last frame is written too."""
+        if self._audio_stream is not None:
+            self._write_audio(until=len(self._audio))
+            self._container.mux(self._audio_stream.encode(None))
+        self._container.mux(self._video.encode(None))
+        self._container.close()
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._container.close()

@@ -1,0 +1,439 @@
+"""Speech with exact phone timings from the free TTS engines shipped by Debian.
+
+Voices are named ``engine:voice``:
+
+- ``flite:slt|rms|awb|kal|kal16``: ``flite -psdur`` prints each phone's end time as
+  synthesised (the unit-selection voices match the audio to the millisecond; the kal
+  diphone voices drop about 0.12 s of the final pause, which is clamped).
+- ``espeak-ng:<language>`` (``en-us``, ``de``, ``fr``, ... or ``en-us+f3`` variants):
+  libespeak-ng is driven through ctypes; its phoneme events carry the output sample at
+  which each phoneme starts. Their IPA names are mapped onto ARPAbet classes.
+- ``festival:<voice>`` (``kal_diphone``, ``cmu_us_slt_arctic_hts``): a Scheme script
+  prints each Segment's end time after ``utt.synth``.
+
+Every phone symbol is lower-case ARPAbet; silence is ``pau``. Phones are contiguous and
+cover the audio exactly, from 0 to its duration.
+
+CLI: ``python -m training.tts --voice flite:slt --text "Hello." -o out.wav --phones out.tsv``
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import functools
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["Phone", "Utterance", "TTSError", "synthesize", "available_voices", "main"]
+
+_TIMEOUT_S = 120.0
+# Largest gap tolerated between the engine's last phone end and the audio it wrote; kal's
+# diphone back end trims ~0.12 s of the final pause, anything larger means a parse error.
+_END_TOLERANCE_S = 0.2
+_FLITE_VOICES = ("slt", "rms", "awb", "kal", "kal16")
+
+
+class TTSError(RuntimeError):
+    """A TTS engine is missing, failed, or gave timings that do not fit its audio."""
+
+
+@dataclass(frozen=True)
+class Phone:
+    """One phone: lower-case ARPAbet symbol ('pau' for silence), start/end in seconds."""
+
+    symbol: str
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Utterance:
+    """Synthesised speech: float32 mono audio at ``rate`` Hz and its contiguous phones."""
+
+    audio: np.ndarray
+    rate: int
+    phones: list[Phone]
+    text: str
+    voice: str
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.rate
+
+
+def synthesize(text: str, voice: str = "flite:slt", *, rate: int | None = None) -> Utterance:
+    """Speak ``text`` with ``voice`` ("engine:name"); resample to ``rate`` Hz if given."""
+    if not text.strip():
+        raise ValueError("synthesize: text is empty")
+    engine, _, name = voice.partition(":")
+    if engine == "flite":
+        audio, sr, raw = _flite(text, name or "slt")
+    elif engine == "espeak-ng":
+        audio, sr, raw = _espeak(text, name or "en-us")
+    elif engine == "festival":
+        audio, sr, raw = _festival(text, name or "kal_diphone")
+    else:
+        raise ValueError(f"unknown TTS engine in voice {voice!r}; expected flite:, espeak-ng: or festival:")
+    phones = _contiguous(raw, len(audio) / sr, voice)
+    if rate is not None and rate != sr:
+        audio = soxr.resample(audio, sr, rate).astype(np.float32)
+        sr = rate
+        # Resampling rounds the length; keep the last phone flush with the audio.
+        last = phones[-1]
+        phones[-1] = Phone(last.symbol, last.start, max(last.start, len(audio) / sr))
+    return Utterance(audio=audio, rate=sr, phones=phones, text=text, voice=voice)
+
+
+def available_voices() -> list[str]:
+    """Every voice name ``synthesize`` accepts on this machine (engines not installed are skipped)."""
+    return _flite_voices() + _espeak_voices() + _festival_voices()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise TTSError(f"{what}: {cmd[0]} is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TTSError(f"{what}: {cmd[0]} timed out after {_TIMEOUT_S:.0f} s") from exc
+    if proc.returncode != 0:
+        raise TTSError(f"{what}: {cmd[0]} exited with {proc.returncode}: {proc.stderr.strip()[:300]}")
+    return proc
+
+
+def _read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise TTSError(f"{what}: no readable audio written ({exc})") from exc
+    return np.ascontiguousarray(audio.mean(axis=1), dtype=np.float32), int(sr)
+
+
+def _contiguous(raw: list[tuple[str, float, float]], duration: float, voice: str) -> list[Phone]:
+    """Clean raw (symbol, start, end) triples into phones that tile [0, duration] exactly."""
+    if not raw:
+        raise TTSError(f"{voice}: the engine reported no phones")
+    if abs(raw[-1][2] - duration) > _END_TOLERANCE_S:
+        raise TTSError(f"{voice}: phones end at {raw[-1][2]:.3f} s but the audio lasts {duration:.3f} s")
+    phones: list[Phone] = []
+
+    def add(symbol: str, start: float, end: float) -> None:
+        if end <= start:
+            return
+        if symbol == "pau" and phones and phones[-1].symbol == "pau":
+            phones[-1] = Phone("pau", phones[-1].start, end)
+        else:
+            phones.append(Phone(symbol, start, end))
+
+    cursor = 0.0
+    for symbol, start, end in raw:
+        if start > cursor:  # a gap the engine left unlabelled is silence
+            add("pau", cursor, start)
+            cursor = start
+        end = min(end, duration)
+        add(symbol, cursor, end)
+        cursor = max(cursor, end)
+    add("pau", cursor, duration)
+    return phones
+
+
+# ---------------------------------------------------------------------------- flite
+
+
+def _flite(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
+    if name not in _FLITE_VOICES:
+        raise ValueError(f"unknown flite voice {name!r}; choose from {', '.join(_FLITE_VOICES)}")
+    with tempfile.TemporaryDirectory(prefix="emolive-tts-") as tmp:
+        wav = Path(tmp) / "out.wav"
+        # -t (not -f) keeps the whole text one utterance, so -psdur times never restart at 0.
+        proc = _run(["flite", "-voice", name, "-psdur", "-t", text, "-o", str(wav)], f"flite:{name}")
+        audio, sr = _read_wav(wav, f"flite:{name}")
+    raw: list[tuple[str, float, float]] = []
+    start = 0.0
+    for symbol, end_s in re.findall(r"(\S+):([0-9.]+)", proc.stdout):
+        end = float(end_s)
+        raw.append((symbol.lower(), start, end))
+        start = end
+    return audio, sr, raw
+
+
+@functools.lru_cache(maxsize=1)
+def _flite_voices() -> list[str]:
+    try:
+        proc = _run(["flite", "-lv"], "flite")
+    except TTSError:
+        return []
+    listed = set(proc.stdout.split())
+    return [f"flite:{v}" for v in _FLITE_VOICES if v in listed]
+
+
+# ---------------------------------------------------------------------------- festival
+
+_FESTIVAL_SCRIPT = """\
+(voice_{voice})
+(set! utt (utt.synth (Utterance Text "{text}")))
+(utt.save.wave utt "{wav}" 'riff)
+(mapcar (lambda (s) (format t "SEG %s %f\\n" (item.name s) (item.feat s "end")))
+        (utt.relation.items utt 'Segment))
+"""
+
+
+def _festival(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(f"bad festival voice name {name!r}")
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    with tempfile.TemporaryDirectory(prefix="emolive-tts-") as tmp:
+        wav = Path(tmp) / "out.wav"
+        script = Path(tmp) / "say.scm"
+        script.write_text(_FESTIVAL_SCRIPT.format(voice=name, text=escaped, wav=wav), encoding="utf-8")
+        proc = _run(["festival", "-b", str(script)], f"festival:{name}")
+        if not wav.exists():
+            # festival -b reports a missing voice on stderr and still exits 0
+            raise TTSError(f"festival:{name}: no audio written: {proc.stderr.strip()[:300]}")
+        audio, sr = _read_wav(wav, f"festival:{name}")
+    raw: list[tuple[str, float, float]] = []
+    start = 0.0
+    for symbol, end_s in re.findall(r"^SEG (\S+) ([0-9.]+)$", proc.stdout, flags=re.M):
+        end = float(end_s)
+        # The radio phone set festival's US voices use is ARPAbet already.
+        raw.append(("pau" if symbol in ("#", "h#", "sil") else symbol.lower(), start, end))
+        start = end
+    return audio, sr, raw
+
+
+@functools.lru_cache(maxsize=1)
+def _festival_voices() -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="emolive-tts-") as tmp:
+        script = Path(tmp) / "list.scm"
+        script.write_text('(format t "VOICES %l\\n" (voice.list))\n', encoding="utf-8")
+        try:
+            proc = _run(["festival", "-b", str(script)], "festival")
+        except TTSError:
+            return []
+    found = re.search(r"VOICES \((.*)\)", proc.stdout)
+    return [f"festival:{v}" for v in found.group(1).split()] if found else []
+
+
+# ---------------------------------------------------------------------------- espeak-ng
+
+# IPA (as espeak-ng names its phonemes with espeakINITIALIZE_PHONEME_IPA) -> ARPAbet class.
+# Languages without an ARPAbet phone get the nearest one by lip and jaw shape, which is all
+# the visemes need: front rounded vowels go to the rounded back ones, trills to r, and so on.
+_IPA_TO_ARPABET = {
+    # vowels and diphthongs
+    "i": "iy", "ɪ": "ih", "ɨ": "ih", "ᵻ": "ih", "e": "ey", "eɪ": "ey", "ɛ": "eh", "æ": "ae",
+    "a": "aa", "ɑ": "aa", "ɒ": "aa", "ɐ": "ah", "ʌ": "ah", "ɤ": "ah", "ɔ": "ao", "œ": "ao",
+    "o": "ow", "oʊ": "ow", "əʊ": "ow", "ø": "ow", "ʊ": "uh", "ʏ": "uh", "u": "uw", "y": "uw",
+    "ɯ": "uw", "ʉ": "uw", "ε": "eh", "ɶ": "ao", "ɞ": "ah",
+    "ə": "ax", "ɘ": "ax", "ɵ": "ax", "ɜ": "er", "ɚ": "er", "əl": "el",
+    "aɪ": "ay", "aʊ": "aw", "ɔɪ": "oy", "ɔʏ": "oy",
+    # consonants
+    "p": "p", "b": "b", "t": "t", "d": "d", "k": "k", "g": "g", "ɡ": "g", "c": "k", "ɟ": "g",
+    "ʈ": "t", "ɖ": "d", "q": "k", "ʔ": "hh", "ɓ": "b", "ɗ": "d", "ʄ": "g", "ɠ": "g", "ʙ": "b",
+    "m": "m", "ɱ": "m", "n": "n", "ɲ": "n", "ɳ": "n", "ŋ": "ng", "ɴ": "ng",
+    "f": "f", "v": "v", "ɸ": "f", "β": "v", "ʋ": "v", "θ": "th", "ð": "dh", "s": "s", "z": "z",
+    "ʃ": "sh", "ʒ": "zh", "ʂ": "sh", "ʐ": "zh", "ɕ": "sh", "ʑ": "zh", "ç": "hh", "ʝ": "y",
+    "x": "hh", "ɣ": "g", "χ": "hh", "ħ": "hh", "ʕ": "hh", "h": "hh", "ɦ": "hh",
+    "ɧ": "sh", "tʃ": "ch", "ʧ": "ch", "dʒ": "jh", "ʤ": "jh", "ts": "s", "ʦ": "s", "dz": "z",
+    "ʣ": "z", "tɕ": "ch", "dʑ": "jh", "pf": "p",
+    "r": "r", "ɹ": "r", "ɾ": "dx", "ɽ": "dx", "ɺ": "dx", "ʁ": "r", "ʀ": "r", "ɻ": "r",
+    "l": "l", "ɫ": "l", "ʎ": "l", "ɭ": "l", "ɬ": "l", "j": "y", "w": "w", "ɥ": "w", "ɰ": "w",
+    "ʍ": "w",
+    # eSpeak mnemonics that some language tables still report instead of IPA
+    "A": "aa", "S": "sh", "Z": "zh", "T": "th", "D": "dh", "N": "ng", "E": "eh", "O": "ao",
+    "X": "hh",
+}
+# Length, stress and secondary-articulation marks do not change the viseme; neither does
+# Danish stød, which some tables write as "?" before the vowel.
+_IPA_MODIFIERS = re.compile("[ːˑˈˌ'ʰʲʷˠˤ‿.?\\-]")
+
+
+def _ipa_to_arpabet(name: str) -> str | None:
+    """Map one espeak-ng IPA phoneme name to an ARPAbet symbol ('pau' for its '' and '_').
+
+    None means a bare diacritic (a lone nasalisation mark): it colours the phone before it.
+    """
+    ipa = unicodedata.normalize("NFC", _IPA_MODIFIERS.sub("", name))
+    if not ipa or ipa == "_":
+        return "pau"
+    if ipa in _IPA_TO_ARPABET:  # before diacritics go, so that ç is not read as c
+        return _IPA_TO_ARPABET[ipa]
+    # Then without diacritics (nasal ɛ̃, centralised ä, syllabic n̩, ...).
+    bare = "".join(c for c in unicodedata.normalize("NFD", ipa) if not unicodedata.combining(c))
+    bare = unicodedata.normalize("NFC", bare)
+    if not bare:
+        return None
+    # Rare diphthongs and clusters (ɪə, ʊə, ...) take the shape of their first part.
+    for size in range(len(bare), 0, -1):
+        if bare[:size] in _IPA_TO_ARPABET:
+            return _IPA_TO_ARPABET[bare[:size]]
+    raise TTSError(f"espeak-ng phoneme {name!r} has no ARPAbet class; add it to _IPA_TO_ARPABET")
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` from speak_lib.h."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_EVENT_LIST_TERMINATED = 0
+_EVENT_PHONEME = 7
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INIT_PHONEME_EVENTS_IPA = 0x0001 | 0x0002
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+
+
+class _Espeak:
+    """The process-wide libespeak-ng instance (the library keeps global state: one caller at a time)."""
+
+    def __init__(self) -> None:
+        path = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+        try:
+            self.lib = ctypes.CDLL(path)
+        except OSError as exc:
+            raise TTSError("espeak-ng: libespeak-ng is not installed (apt install libespeak-ng1)") from exc
+        self.lock = threading.Lock()
+        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS_IPA)
+        if self.rate <= 0:
+            raise TTSError("espeak-ng: espeak_Initialize failed (is espeak-ng-data installed?)")
+        self._chunks: list[np.ndarray] = []
+        self._starts: list[tuple[str, int]] = []
+        self._callback = _SynthCallback(self._on_synth)  # held so ctypes does not free it
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+
+    def _on_synth(self, wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.POINTER(_Event)) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            event = events[i]
+            if event.type == _EVENT_PHONEME:
+                # `sample` is the exact output sample where the phoneme starts (audio_position is ms).
+                self._starts.append((event.id.string.decode("utf-8", "replace"), event.sample))
+            i += 1
+        return 0
+
+    def speak(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        with self.lock:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise ValueError(f"unknown espeak-ng voice {voice!r}; see `python -m training.tts --list-voices`")
+            self._chunks, self._starts = [], []
+            data = text.encode("utf-8")
+            status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            if status != 0:
+                raise TTSError(f"espeak-ng:{voice}: espeak_Synth failed with status {status}")
+            self.lib.espeak_Synchronize()
+            pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+            return pcm, self._starts
+
+
+@functools.lru_cache(maxsize=1)
+def _espeak_instance() -> _Espeak:
+    return _Espeak()
+
+
+def _espeak(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
+    engine = _espeak_instance()
+    # espeak_SetVoiceByName matches voice files, not every language code ("en-gb" lives in
+    # gmw/en), so codes go through the voice table; "+f3"-style variants pass through.
+    lang, plus, variant = name.partition("+")
+    pcm, starts = engine.speak(text, _espeak_files().get(lang.lower(), lang) + plus + variant)
+    if not len(pcm):
+        raise TTSError(f"espeak-ng:{name}: no audio produced")
+    sr = engine.rate
+    # "(en)"-style names are language-switch markers, not sounds.
+    starts = [(sym, s) for sym, s in starts if not sym.startswith("(")]
+    raw: list[tuple[str, float, float]] = []
+    for (sym, s), (_, nxt) in zip(starts, starts[1:] + [("", len(pcm))]):
+        symbol = _ipa_to_arpabet(sym)
+        if symbol is None and raw:
+            raw[-1] = (raw[-1][0], raw[-1][1], nxt / sr)
+        else:
+            raw.append((symbol or "pau", s / sr, nxt / sr))
+    return (pcm.astype(np.float32) / 32768.0), sr, raw
+
+
+@functools.lru_cache(maxsize=1)
+def _espeak_files() -> dict[str, str]:
+    """Language code -> voice file ("en-gb" -> "gmw/en"), from ``espeak-ng --voices``."""
+    try:
+        proc = _run(["espeak-ng", "--voices"], "espeak-ng")
+    except TTSError:
+        return {}
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    # columns: Pty, Language, Age/Gender, VoiceName, File, Other languages
+    return {row[1].lower(): row[4] for row in rows if len(row) >= 5}
+
+
+def _espeak_voices() -> list[str]:
+    return [f"espeak-ng:{lang}" for lang in _espeak_files()]
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.tts``: synthesise one text to a WAV (PCM16) and a phone TSV."""
+    parser = argparse.ArgumentParser(prog="python -m training.tts", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--voice", default="flite:slt", help="engine:voice (default flite:slt); see --list-voices")
+    parser.add_argument("--text", help="text to speak")
+    parser.add_argument("-o", "--output", type=Path, help="WAV file to write (PCM16 mono)")
+    parser.add_argument("--phones", type=Path, help="TSV file for the phones: start, end (s), symbol")
+    parser.add_argument("--rate", type=int, help="resample to this rate in Hz (default: the voice's own)")
+    parser.add_argument("--list-voices", action="store_true", help="print the voices available here and exit")
+    args = parser.parse_args(argv)
+    if args.list_voices:
+        print("\n".join(available_voices()))
+        return 0
+    if not args.text or not args.output:
+        parser.error("--text and -o/--output are required")
+    try:
+        utt = synthesize(args.text, args.voice, rate=args.rate)
+    except (TTSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sf.write(str(args.output), utt.audio, utt.rate, subtype="PCM_16")
+    if args.phones:
+        rows = ["start\tend\tphone"] + [f"{p.start:.4f}\t{p.end:.4f}\t{p.symbol}" for p in utt.phones]
+        args.phones.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    print(f"{args.output}: {utt.duration:.2f} s at {utt.rate} Hz, {len(utt.phones)} phones ({utt.voice})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
