@@ -36,19 +36,28 @@ def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np
     Plain fixed-point iteration crawls where the warp squeezes tissue (a closing eyelid
     compresses the eye to a few percent of its height); Newton, with the Jacobian of the
     piecewise-linear forward map, lands in one or two steps."""
-    dfx_dy, dfx_dx = np.gradient(forward[..., 0])
-    dfy_dy, dfy_dx = np.gradient(forward[..., 1])
-    jacobian = np.stack([1 + dfx_dx, dfx_dy, dfy_dx, 1 + dfy_dy], axis=-1).astype(np.float32)
-    source = nodes - forward
+    jacobian = np.empty(forward.shape[:2] + (4,), np.float32)
+    jacobian[..., 0] = np.gradient(forward[..., 0], axis=1) + 1
+    jacobian[..., 1] = np.gradient(forward[..., 0], axis=0)
+    jacobian[..., 2] = np.gradient(forward[..., 1], axis=1)
+    jacobian[..., 3] = np.gradient(forward[..., 1], axis=0) + 1
+    qx, qy = nodes[..., 0], nodes[..., 1]
+    sx = qx - forward[..., 0]
+    sy = qy - forward[..., 1]
     for _ in range(iterations):
-        residual = source + _sample(forward, source) - nodes
-        a, b, c, d = np.moveaxis(_sample(jacobian, source), -1, 0)
+        f = cv2.remap(forward, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        j = cv2.remap(jacobian, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        rx = sx + f[..., 0] - qx
+        ry = sy + f[..., 1] - qy
+        a, b, c, d = j[..., 0], j[..., 1], j[..., 2], j[..., 3]
         det = a * d - b * c
         det = np.where(np.abs(det) < _MIN_JACOBIAN, np.copysign(_MIN_JACOBIAN, det), det)
-        step = np.stack([(d * residual[..., 0] - b * residual[..., 1]), (a * residual[..., 1] - c * residual[..., 0])], axis=-1) / det[..., None]
-        length = np.linalg.norm(step, axis=-1, keepdims=True)
-        source -= step * np.minimum(1.0, _MAX_STEP / np.maximum(length, 1e-6))
-    return source - nodes
+        dx = (d * rx - b * ry) / det
+        dy = (a * ry - c * rx) / det
+        scale = np.minimum(1.0, _MAX_STEP / np.maximum(np.hypot(dx, dy), 1e-6))
+        sx -= dx * scale
+        sy -= dy * scale
+    return np.stack([sx - qx, sy - qy], axis=-1)
 
 
 def invert_fixed_point(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np.ndarray:

@@ -33,6 +33,18 @@ def _polygon_mask(shape: tuple[int, int], polygon: np.ndarray, blur: float) -> n
     return mask
 
 
+def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares rotation + uniform scale + translation taking ``source`` to ``target``
+    (2 x 3 affine): a lip contour moves rigidly enough for the teeth behind it."""
+    src_mean, dst_mean = source.mean(0), target.mean(0)
+    src, dst = source - src_mean, target - dst_mean
+    denom = max(float((src**2).sum()), 1e-9)
+    a = float((src * dst).sum()) / denom
+    b = float((src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum()) / denom
+    linear = np.array([[a, -b], [b, a]], np.float32)
+    return np.concatenate([linear, (dst_mean - linear @ src_mean)[:, None]], axis=1).astype(np.float32)
+
+
 def _shoelace(polygon: np.ndarray) -> float:
     x, y = polygon[:, 0], polygon[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
@@ -133,10 +145,7 @@ class MouthCompositor:
         self, canvas: np.ndarray, piece: np.ndarray, rest: np.ndarray, moved: np.ndarray, offset: np.ndarray
     ) -> None:
         """Move one part of the portrait's own cavity with the lip it belongs to."""
-        affine, _ = cv2.estimateAffinePartial2D(rest, moved, method=cv2.LMEDS)
-        if affine is None:
-            return
-        affine = affine.copy()
+        affine = _similarity(rest, moved)
         affine[:, 2] -= offset
         h, w = canvas.shape[:2]
         warped = cv2.warpAffine(self.rig.mouth.cavity_image, affine, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -32,7 +32,7 @@ BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}
 class RigConfig:
     """Geometry choices of the rig, in inter-ocular distances (iod) unless noted."""
 
-    grid_step: int = 2  # pixels between flow grid nodes
+    grid_step: int = 4  # pixels between flow grid nodes
     hair_ring: float = 1.3  # follow ring (hair, ears, neck), × face-oval radius
     falloff_ring: float = 1.6
     anchor_ring: float = 1.95  # beyond this the image is copied untouched

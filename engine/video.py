@@ -7,6 +7,7 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+import cv2
 import numpy as np
 import soxr
 
@@ -51,7 +52,8 @@ class Mp4Writer:
 
     def write(self, frame: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame."""
-        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        # OpenCV's BT.601 I420 conversion is several times faster than swscale's here.
+        video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         video_frame.pts = self._frames
         video_frame.time_base = 1 / self.fps
         self._container.mux(self._video.encode(video_frame))

@@ -12,12 +12,14 @@ attempt, not a straw man:
   raises and small nods;
 - seeded procedural blinks every 2–6 s and a sum-of-sinusoids head sway.
 
-State is carried sample by sample, so any chunking of a stream gives the same motion.
+State is carried mel by mel and frame by frame, so any chunking of a stream gives exactly
+the same motion.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,7 +67,7 @@ ROUNDED_BELOW_DB = 12.0  # both bright bands this far under the low band: /u/, /
 ROUNDED_RANGE_DB = 8.0
 HISS_ABOVE_DB = -5.0  # hiss band above the low band minus this: /s/, /sh/, /f/
 HISS_RANGE_DB = 20.0
-HISS_GATE_RANGE_DB = 10.0  # hiss counts in full once the speech band is this far over the gate
+HISS_GATE_RANGE_DB = 10.0  # hiss counts in full this far over the noise gate
 SHAPE_SMOOTHING = 0.5  # per video frame, against flicker between adjacent frames
 VOICED_OPENNESS = 0.3  # rounding needs a voiced, fairly loud sound
 FUNNEL_GAIN = 0.35
@@ -143,23 +145,38 @@ _COMPOSED_CHANNELS = [
 _ROTATIONS = [INDEX["headPitch"], INDEX["headYaw"], INDEX["headRoll"]]
 
 
-def _analyse(mels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-mel speech-band level (dB) and per-frame lip rounding and hiss cues in [0, 1].
+class _Cues(NamedTuple):
+    """What the audio of one chunk says, before any state is applied."""
 
-    ``mels`` are the chunk's mel rows, ``count`` the video frames to generate; each frame's
-    cues are read over the 40 ms the mouth follower has just heard, lead included.
+    mel_db: np.ndarray  # speech-band level of every mel in the chunk
+    frame_db: np.ndarray  # per frame to generate: loudest speech-band level in its window
+    rounded: np.ndarray  # per frame, in [0, 1]: a dark, /u/-like spectrum
+    hiss: np.ndarray  # per frame, in [0, 1]: an audible /s/-like spectrum
+
+
+def _analyse(mels: np.ndarray, count: int) -> _Cues:
+    """Cues from a chunk's mel rows, for its first ``count`` video frames.
+
+    Each frame's window is the 40 ms of mels the mouth follower has just heard, lead included.
     """
     mels = mels.astype(np.float64)
-    power = np.exp(mels[:, _SPEECH] * FEATURE_STD + FEATURE_MEAN)
-    level_db = 10.0 * np.log10(_mean(power))
-    window = mels[LEAD_MELS : LEAD_MELS + count * MELS_PER_FRAME].reshape(count, MELS_PER_FRAME, N_MELS)
-    window = np.add.reduce(window, axis=1) / MELS_PER_FRAME
+    power = np.exp(mels * FEATURE_STD + FEATURE_MEAN)
+    mel_db = 10.0 * np.log10(_mean(power[:, _SPEECH]))
+    # Hiss may have nothing in the speech band, and noise floors are bright too: it counts
+    # only when the speech or the hiss band is audible.
+    audible_db = np.maximum(mel_db, 10.0 * np.log10(_mean(power[:, _HISS])))
+    frames = slice(LEAD_MELS, LEAD_MELS + count * MELS_PER_FRAME)
+
+    def frame_max(per_mel: np.ndarray) -> np.ndarray:
+        return np.maximum.reduce(per_mel[frames].reshape(count, MELS_PER_FRAME), axis=1)
+
+    audible = _unit((frame_max(audible_db) - NOISE_GATE_DB) / HISS_GATE_RANGE_DB)
+    window = np.add.reduce(mels[frames].reshape(count, MELS_PER_FRAME, N_MELS), axis=1) / MELS_PER_FRAME
     low = _mean(window[:, _LOW])
     bright = np.maximum(*(_mean(window[:, band]) for band in _BRIGHT))
-    hiss = _mean(window[:, _HISS])
     rounded = ((low - bright) * DB_PER_FEATURE - ROUNDED_BELOW_DB) / ROUNDED_RANGE_DB
-    hissing = ((hiss - low) * DB_PER_FEATURE - HISS_ABOVE_DB) / HISS_RANGE_DB
-    return level_db, _unit(rounded), _unit(hissing)
+    hiss = ((_mean(window[:, _HISS]) - low) * DB_PER_FEATURE - HISS_ABOVE_DB) / HISS_RANGE_DB
+    return _Cues(mel_db, frame_max(mel_db), _unit(rounded), _unit(hiss) * audible)
 
 
 # np.mean and np.clip cost microseconds of Python wrapping each; a step makes several calls.
@@ -278,22 +295,19 @@ class BaselineMotion:
         count = len(features) - self.lookahead_frames
         if count < 0:
             raise ValueError(f"need at least {self.lookahead_frames} lookahead frame(s), got {len(features)}")
-        level_db, rounded_now, hiss_now = _analyse(features.reshape(-1, N_MELS), count)
+        cues = _analyse(features.reshape(-1, N_MELS), count)
         signals = np.zeros((len(_SIGNALS), count))
         openness, rounded, hiss, brows, nods, blinks = signals
         for t in range(count):
             last = (t + 1) * MELS_PER_FRAME + LEAD_MELS
             for mel in range(self._next_mel, last):
-                self._follow(float(level_db[mel]))
+                self._follow(float(cues.mel_db[mel]))
             self._next_mel = last
-            frame_db = float(level_db[last - MELS_PER_FRAME : last].max())
             voiced = min(1.0, self._openness / VOICED_OPENNESS)
-            self._rounded += SHAPE_SMOOTHING * (rounded_now[t] * voiced - self._rounded)
-            # Hiss only counts when something is audible: noise floors are bright too.
-            audible = min(1.0, max(0.0, (frame_db - NOISE_GATE_DB) / HISS_GATE_RANGE_DB))
-            self._hiss += SHAPE_SMOOTHING * (hiss_now[t] * audible - self._hiss)
+            self._rounded += SHAPE_SMOOTHING * (cues.rounded[t] * voiced - self._rounded)
+            self._hiss += SHAPE_SMOOTHING * (cues.hiss[t] - self._hiss)
             openness[t], rounded[t], hiss[t] = self._openness, self._rounded, self._hiss
-            accent = self._accent(frame_db)
+            accent = self._accent(float(cues.frame_db[t]))
             brows[t], nods[t] = self._brows.next(accent), self._nod.next(accent)
             blinks[t] = self._blinker.next()
         # Mels consumed so far count from the start of the next chunk: our lookahead frame.
