@@ -29,7 +29,7 @@ class Mp4Writer:
         audio: np.ndarray | None = None,
         audio_rate: int = 16000,
         crf: int = 20,
-        preset: str = "veryfast",
+        preset: str = "superfast",
     ) -> None:
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1001)
