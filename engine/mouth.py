@@ -58,8 +58,11 @@ class MouthCompositor:
         mouth = rig.mouth
         self.has_cavity = mouth.cavity_image is not None
         if self.has_cavity:
-            self.upper_piece = np.concatenate([mouth.cavity_upper, mouth.cavity_split[::-1]])
-            self.lower_piece = np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1]])
+            # Each piece reaches a little under its lip, so no seam of cavity shows where the
+            # piece's edge and the opening's edge are both feathered.
+            tuck = (0.025 * rig.frame.iod * rig.frame.v).astype(np.float32)
+            self.upper_piece = np.concatenate([mouth.cavity_upper - tuck, mouth.cavity_split[::-1]])
+            self.lower_piece = np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1] + tuck])
         iod = rig.frame.iod
         self.teeth_height = 0.1 * iod
         self.feather = max(0.5, 0.008 * iod)
