@@ -15,7 +15,7 @@ import numpy as np
 from engine.flow import forward_flow, invert_newton, node_grid, upsample
 from engine.motion_space import BLEND_SLICE, INDEX, clip_frames
 from engine.mouth import MouthCompositor
-from engine.rig import BASIS_INDEX, Rig
+from engine.rig import BASIS_INDEX, FlowGrid, Rig
 
 
 def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
@@ -30,16 +30,44 @@ def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+_DETAIL_FEATHER = 4  # pixels over which a fine patch blends into the coarse warp
+
+
+class _GridWarp:
+    """Warps the rig image over one flow grid's roi."""
+
+    def __init__(self, image: np.ndarray, grid: FlowGrid, iterations: int) -> None:
+        self.image = image
+        self.grid = grid
+        self.iterations = iterations
+        x0, y0, x1, y1 = grid.roi
+        self.size = (x1 - x0, y1 - y0)
+        self.pixels = node_grid(y1 - y0, x1 - x0) + np.array([x0, y0], np.float32)
+        self.nodes = node_grid(*grid.shape)
+
+    def warp(self, disp: np.ndarray) -> np.ndarray:
+        grid = self.grid
+        forward = forward_flow(grid.matrix, disp, grid.shape, grid.step)
+        backward = invert_newton(forward, self.nodes, self.iterations)
+        maps = self.pixels + upsample(backward, grid.step, self.size)
+        return cv2.remap(self.image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _feather(width: int, height: int) -> np.ndarray:
+    """(H, W, 1) weights: 1 inside, ramping to 0 at the border."""
+    ramp_x = np.minimum(np.arange(width) + 1, np.arange(width)[::-1] + 1) / _DETAIL_FEATHER
+    ramp_y = np.minimum(np.arange(height) + 1, np.arange(height)[::-1] + 1) / _DETAIL_FEATHER
+    return np.clip(np.minimum.outer(ramp_y, ramp_x), 0, 1).astype(np.float32)[..., None]
+
+
 class Renderer:
     """Renders motion frames of one portrait. Not thread-safe: one per worker."""
 
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.mouth = MouthCompositor(rig)
-        x0, y0, x1, y1 = rig.roi
-        self._roi_size = (x1 - x0, y1 - y0)
-        self._pixel_grid = node_grid(y1 - y0, x1 - x0) + np.array([x0, y0], np.float32)
-        self._nodes = node_grid(*rig.grid_shape)
+        self._coarse = _GridWarp(rig.image, rig.grid, rig.inverse_iterations)
+        self._details = [(_GridWarp(rig.image, grid, rig.inverse_iterations), _feather(*_size(grid))) for grid in rig.detail_grids]
         self._bases = rig.bases.reshape(len(rig.bases), -1)
         self._jaw, self._close = BASIS_INDEX["jawOpen"], BASIS_INDEX["mouthClose"]
 
@@ -61,13 +89,18 @@ class Renderer:
     def render(self, motion: np.ndarray) -> np.ndarray:
         """One motion frame (NUM_CHANNELS,) -> (H, W, 3) uint8 RGB."""
         motion = clip_frames(motion)
-        rig = self.rig
         disp = self.vertex_displacement(motion)
-        forward = forward_flow(rig.flow_matrix, disp, rig.grid_shape, rig.grid_step)
-        backward = invert_newton(forward, self._nodes, rig.inverse_iterations)
-        maps = self._pixel_grid + upsample(backward, rig.grid_step, self._roi_size)
-        x0, y0, x1, y1 = rig.roi
-        out = rig.image.copy()
-        out[y0:y1, x0:x1] = cv2.remap(rig.image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self.mouth.composite(out, rig.vertices[:, :2] + disp, float(motion[INDEX["jawOpen"]]))
+        out = self.rig.image.copy()
+        x0, y0, x1, y1 = self.rig.grid.roi
+        out[y0:y1, x0:x1] = self._coarse.warp(disp)
+        for detail, weight in self._details:
+            x0, y0, x1, y1 = detail.grid.roi
+            region = out[y0:y1, x0:x1].astype(np.float32)
+            out[y0:y1, x0:x1] = (region + weight * (detail.warp(disp) - region)).astype(np.uint8)
+        self.mouth.composite(out, self.rig.vertices[:, :2] + disp, float(motion[INDEX["jawOpen"]]))
         return out
+
+
+def _size(grid: FlowGrid) -> tuple[int, int]:
+    x0, y0, x1, y1 = grid.roi
+    return x1 - x0, y1 - y0

@@ -38,7 +38,7 @@ class RigConfig:
     anchor_ring: float = 1.95  # beyond this the image is copied untouched
     jaw_drop: float = 0.42  # lower-lip travel at jawOpen = 1
     spread: float = 0.16  # how far a handle's pull reaches into surrounding skin
-    lid_skin: float = 0.3  # height of lid skin that stretches over the eye in a blink
+    lid_skin: float = 0.17  # height of lid skin that stretches over the eye in a blink (below the brow)
     # A 2D warp cannot show a cheek sliding past the silhouette behind it: flattening the
     # face's depth keeps ±15° of yaw free of folds while the parallax still reads as a turn.
     depth_scale: float = 0.5
@@ -91,6 +91,16 @@ class MouthRig:
 
 
 @dataclass
+class FlowGrid:
+    """Barycentric weights from rig vertices to the nodes of a regular grid over a roi."""
+
+    roi: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
+    step: int  # pixels between nodes
+    shape: tuple[int, int]  # rows, cols
+    matrix: sparse.csr_matrix  # (rows * cols, V)
+
+
+@dataclass
 class Rig:
     """A portrait's rig. See the module docstring."""
 
@@ -101,10 +111,10 @@ class Rig:
     head_center: np.ndarray  # (3,) pivot of head rotation
     bases: np.ndarray  # (len(BLENDSHAPES), V, 2) pixel displacement at activation 1
     triangles: np.ndarray  # (T, 3)
-    roi: tuple[int, int, int, int]  # x0, y0, x1, y1: the only pixels that can change
-    grid_shape: tuple[int, int]  # flow grid rows, cols covering the roi
-    grid_step: int
-    flow_matrix: sparse.csr_matrix  # (rows*cols, V) barycentric weights
+    grid: FlowGrid  # coarse flow over everything that can move; pixels outside never change
+    # Fine flow where detail is finer than the coarse grid: the eyes, whose lids must close
+    # over an opening only a few pixels high.
+    detail_grids: list[FlowGrid]
     mouth: MouthRig
     anchor_polygon: np.ndarray  # (K, 2) boundary of the region that can move
     inverse_iterations: int
@@ -422,14 +432,15 @@ class _Builder:
 
     # --- flow --------------------------------------------------------------------------
 
-    def flow_matrix(self) -> tuple[sparse.csr_matrix, tuple[int, int], np.ndarray]:
-        x0, y0, x1, y1 = self.roi
-        step = self.config.grid_step
+    def triangulation(self) -> Delaunay:
+        return Delaunay(self.vertices[:, :2], qhull_options="QJ")
+
+    def flow_grid(self, tri: Delaunay, roi: tuple[int, int, int, int], step: int) -> FlowGrid:
+        x0, y0, x1, y1 = roi
         xs = np.arange(x0, x1, step, dtype=np.float64) + (step - 1) / 2
         ys = np.arange(y0, y1, step, dtype=np.float64) + (step - 1) / 2
         gx, gy = np.meshgrid(xs, ys)
         points = np.stack([gx.ravel(), gy.ravel()], axis=1)
-        tri = Delaunay(self.vertices[:, :2], qhull_options="QJ")
         simplex = tri.find_simplex(points)
         inside = simplex >= 0
         transform = tri.transform[simplex[inside]]
@@ -440,7 +451,19 @@ class _Builder:
         matrix = sparse.csr_matrix(
             (bary.ravel().astype(np.float32), (rows, cols)), shape=(len(points), self.n)
         )
-        return matrix, (len(ys), len(xs)), tri.simplices
+        return FlowGrid(roi, step, (len(ys), len(xs)), matrix)
+
+    def eye_rois(self) -> list[tuple[int, int, int, int]]:
+        """Boxes around each eye and the lid skin above it, with room for the head to move."""
+        height, width = self.image_size
+        margin = 0.3 * self.frame.iod
+        rois = []
+        for contour in (topo.LEFT_EYE_UPPER + topo.LEFT_EYE_LOWER, topo.RIGHT_EYE_UPPER + topo.RIGHT_EYE_LOWER):
+            pts = self.vertices[list(contour), :2]
+            x0, y0 = np.floor(pts.min(0) - margin).astype(int)
+            x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
+            rois.append((max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)))
+        return rois
 
     def head_center(self) -> np.ndarray:
         oval = self.vertices[list(topo.FACE_OVAL)]
@@ -454,12 +477,11 @@ _SEAL_MIN_GAP = 1.5  # pixels of parted lips worth sealing
 
 def _seal_lips(image: np.ndarray, builder: _Builder, closure: np.ndarray) -> np.ndarray:
     """The portrait with its parted lips closed, warped once at full resolution."""
-    fine = _Builder(builder.landmarks, replace(builder.config, grid_step=1), builder.image_size)
-    matrix, grid_shape, _ = fine.flow_matrix()
-    nodes = node_grid(*grid_shape)
-    forward = forward_flow(matrix, closure, grid_shape, 1)
+    grid = builder.flow_grid(builder.triangulation(), builder.roi, 1)
+    nodes = node_grid(*grid.shape)
+    forward = forward_flow(grid.matrix, closure, grid.shape, 1)
     backward = invert_fixed_point(forward, nodes, builder.config.sealing_iterations)
-    x0, y0, x1, y1 = fine.roi
+    x0, y0, x1, y1 = grid.roi
     maps = nodes + backward + np.array([x0, y0], np.float32)
     sealed = image.copy()
     sealed[y0:y1, x0:x1] = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -490,7 +512,7 @@ def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigC
     stacked = np.stack([bases[name] for name in BLENDSHAPES])
     # Anchors never move: that is what keeps the background an exact copy.
     stacked[:, builder.head_weight == 0] = 0.0
-    matrix, grid_shape, triangles = builder.flow_matrix()
+    tri = builder.triangulation()
     return Rig(
         image=image,
         frame=builder.frame,
@@ -498,11 +520,9 @@ def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigC
         head_weight=builder.head_weight,
         head_center=builder.head_center().astype(np.float32),
         bases=stacked.astype(np.float32),
-        triangles=triangles.astype(np.int32),
-        roi=builder.roi,
-        grid_shape=grid_shape,
-        grid_step=config.grid_step,
-        flow_matrix=matrix,
+        triangles=tri.simplices.astype(np.int32),
+        grid=builder.flow_grid(tri, builder.roi, config.grid_step),
+        detail_grids=[builder.flow_grid(tri, roi, 1) for roi in builder.eye_rois()],
         mouth=mouth,
         anchor_polygon=builder.anchor_polygon,
         inverse_iterations=config.inverse_iterations,
