@@ -1,0 +1,364 @@
+"""The streaming session: streaming == offline, voice out in sync, turns, interrupt, pacing.
+
+Exact semantics run with ``realtime=False`` (the loop waits for the consumer, so nothing is
+timing dependent); pacing and slow consumers run on the real clock with loose bounds.
+Async tests drive their own loop with ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+from scipy.signal import correlate
+
+from engine.audio import MELS_PER_FRAME, SAMPLE_RATE, StreamingLogMel, to_mono_16k
+from engine.errors import BadInputError
+from engine.motion.registry import create_motion_model
+from engine.motion_space import FPS, INDEX
+from engine.offline import DEFAULT_PORTRAIT, RenderOptions, audio_to_motion, prepare_avatar
+from engine.session import (
+    FEATURE_SPILL,
+    OUTPUT_RATE,
+    SAMPLES_PER_FRAME_IN,
+    SAMPLES_PER_FRAME_OUT,
+    Session,
+    SessionEvent,
+    SessionFrame,
+    SessionOptions,
+)
+
+TEXT = "Bob, my papa bought a big map of Panama. Palm trees bob above the bay."
+RATE = 22050
+JAW = INDEX["jawOpen"]
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=256))[1]
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """About 4.7 s of flite slt speech at 22.05 kHz, float32."""
+    from training.tts import available_voices, synthesize
+
+    if "flite:slt" not in available_voices():
+        pytest.skip("flite slt is not installed")
+    return synthesize(TEXT, "flite:slt", rate=RATE).audio
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
+    """Run ``coro`` as the only task of a fresh loop, failing it after ``timeout`` s."""
+
+    async def guarded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(guarded())
+
+
+def session(rig, **options: Any) -> Session:
+    return Session(rig, create_motion_model("baseline"), SessionOptions(**options))
+
+
+def push_in_random_chunks(s: Session, samples: np.ndarray, rate: int, seed: int = 0) -> None:
+    """Push with chunk sizes from 1 sample up, as a network would deliver them."""
+    rng = np.random.default_rng(seed)
+    begin = 0
+    while begin < len(samples):
+        size = int(rng.choice([1, 7, 160, 441, 1000, 3999]))
+        s.push_audio(samples[begin : begin + size], rate)
+        begin += size
+
+
+async def take(frames: AsyncIterator[SessionFrame], count: int) -> list[SessionFrame]:
+    return [await anext(frames) for _ in range(count)]
+
+
+def collect_events(s: Session) -> tuple[list[SessionEvent], asyncio.Task[None]]:
+    """Events gathered by a task that ends when the session closes."""
+    events: list[SessionEvent] = []
+
+    async def gather() -> None:
+        async for event in s.events():
+            events.append(event)
+
+    return events, asyncio.create_task(gather())
+
+
+def voice(frames: list[SessionFrame]) -> np.ndarray:
+    return np.concatenate([f.audio for f in frames]).astype(np.float64) / 32768.0
+
+
+def to_48k(samples: np.ndarray) -> np.ndarray:
+    return soxr.resample(samples.astype(np.float64), RATE, OUTPUT_RATE, quality="HQ")
+
+
+def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    return 10.0 * np.log10(np.sum(reference**2) / np.sum((actual - reference) ** 2))
+
+
+def longest_zero_run(samples: np.ndarray) -> tuple[int, int]:
+    """Start and end of the longest run of exact zeros."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], samples == 0, [0])).astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    longest = int(np.argmax(ends - starts))
+    return int(starts[longest]), int(ends[longest])
+
+
+def test_feature_spill_completes_a_video_frame() -> None:
+    stream = StreamingLogMel()
+    assert len(stream.push(np.zeros(SAMPLES_PER_FRAME_IN + FEATURE_SPILL))) == MELS_PER_FRAME
+    assert len(stream.push(np.zeros(SAMPLES_PER_FRAME_IN))) == MELS_PER_FRAME
+
+
+def test_streamed_motion_equals_offline(rig, speech: np.ndarray) -> None:
+    expected = audio_to_motion(to_mono_16k(speech, RATE), RenderOptions()).frames
+
+    async def main() -> list[SessionFrame]:
+        s = session(rig, realtime=False)
+        push_in_random_chunks(s, speech, RATE)
+        s.end_of_turn()
+        frames = await take(s.frames(), len(expected) + 10)
+        await s.close()
+        return frames
+
+    frames = run(main())
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert all(f.timestamp == f.index / FPS for f in frames)
+    assert all(f.image is not None and f.image.shape == (256, 256, 3) for f in frames)
+    motion = np.stack([f.motion for f in frames[: len(expected)]])
+    np.testing.assert_allclose(motion, expected, atol=1e-4)
+
+
+def test_voice_out_is_the_input_at_48k_with_silence_around(rig, speech: np.ndarray) -> None:
+    pcm = np.round(speech * 32767).astype(np.int16)
+    stereo = np.stack([pcm, pcm], axis=1)
+    expected = to_48k(pcm / 32768.0)
+
+    async def main() -> tuple[list[SessionFrame], list[SessionEvent]]:
+        s = session(rig, realtime=False, render_video=False)
+        events, gatherer = collect_events(s)
+        frames_in = s.frames()
+        frames = await take(frames_in, 10)
+        push_in_random_chunks(s, stereo, RATE, seed=1)
+        s.end_of_turn()
+        while not any(e.type == "playback_finished" for e in events):
+            frames.append(await anext(frames_in))
+        frames += await take(frames_in, 10)
+        await s.close()
+        await gatherer
+        return frames, events
+
+    frames, events = run(main())
+    out = voice(frames)
+    offset = int(np.argmax(correlate(out, expected, mode="valid", method="fft")))
+    assert offset >= 10 * SAMPLES_PER_FRAME_OUT
+    assert not out[:offset].any() and not out[offset + len(expected) :].any()
+    assert snr_db(expected, out[offset : offset + len(expected)]) > 40.0
+
+    speaking = [f.index for f in frames if f.speaking]
+    assert speaking == list(range(speaking[0], speaking[-1] + 1))
+    assert speaking[0] == offset // SAMPLES_PER_FRAME_OUT
+    started, finished = events
+    assert (started.type, started.turn, started.frame_index) == ("playback_started", 1, speaking[0])
+    assert (finished.type, finished.turn, finished.interrupted) == ("playback_finished", 1, False)
+    assert finished.frame_index == speaking[-1]
+    assert abs(finished.position_ms - 1000 * len(speech) / RATE) <= 40
+
+
+def test_underrun_inserts_silence_without_ending_the_turn(rig, speech: np.ndarray) -> None:
+    half = len(speech) // 2
+
+    async def main() -> tuple[list[SessionFrame], list[SessionEvent], int]:
+        s = session(rig, realtime=False, render_video=False)
+        events, gatherer = collect_events(s)
+        frames_in = s.frames()
+        s.push_audio(speech[:half], RATE)
+        frames = await take(frames_in, round(half / RATE * FPS) + 25)  # runs dry for ~1 s
+        s.push_audio(speech[half:], RATE)
+        s.end_of_turn()
+        frames += await take(frames_in, round((len(speech) - half) / RATE * FPS) + 10)
+        await s.close()
+        await gatherer
+        return frames, events, s.stats.underrun_frames
+
+    frames, events, underruns = run(main())
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert underruns >= 20
+    # One turn is one resampler stream: the voice is its output with a gap where it ran dry.
+    out, expected = voice(frames), to_48k(speech)
+    dry_from, dry_to = longest_zero_run(out)
+    assert dry_to - dry_from > 0.8 * OUTPUT_RATE
+    assert snr_db(expected[:dry_from], out[:dry_from]) > 40.0
+    rest = expected[dry_from:]
+    assert snr_db(rest, out[dry_to : dry_to + len(rest)]) > 40.0
+    assert [(e.type, e.turn, e.interrupted) for e in events] == [
+        ("playback_started", 1, False),
+        ("playback_finished", 1, False),
+    ]
+    assert abs(events[1].position_ms - 1000 * len(speech) / RATE) <= 40
+
+
+def test_interrupt_stops_voice_and_relaxes_the_face_smoothly(rig, speech: np.ndarray) -> None:
+    async def main() -> tuple[list[SessionFrame], int, list[SessionEvent]]:
+        s = session(rig, realtime=False, render_video=False)
+        events, gatherer = collect_events(s)
+        s.push_audio(speech, RATE)
+        frames_in = s.frames()
+        frames = await take(frames_in, 25)
+        while frames[-1].motion[JAW] < 0.3:  # interrupt with the mouth well open
+            frames.append(await anext(frames_in))
+        interrupted_at = frames[-1].index
+        s.interrupt()
+        frames += await take(frames_in, 15)
+        s.push_audio(speech[:RATE], RATE)  # the next push starts turn 2
+        frames += await take(frames_in, 5)
+        await s.close()
+        await gatherer
+        return frames, interrupted_at, events
+
+    frames, at, events = run(main())
+    finished = next(e for e in events if e.type == "playback_finished")
+    assert (finished.turn, finished.interrupted) == (1, True)
+    assert at < finished.frame_index <= at + 5
+    spoken_ms = 1000 * sum(f.speaking for f in frames[: at + 1]) / FPS
+    assert abs(finished.position_ms - spoken_ms) <= 40
+
+    after = frames[at + 1 : at + 16]
+    assert not any(f.speaking or f.audio.any() for f in after)
+    jaw = np.array([f.motion[JAW] for f in frames])
+    assert np.all(jaw[at + 5 : at + 16] < 0.1)
+    assert np.max(np.abs(np.diff(jaw[at - 5 : at + 16]))) <= 0.35
+    assert [(e.type, e.turn) for e in events][-1] == ("playback_started", 2)
+
+
+def test_idle_face_blinks_with_mouth_closed(rig) -> None:
+    async def main() -> tuple[list[SessionFrame], list[SessionEvent]]:
+        s = session(rig, realtime=False, render_video=False)
+        events, gatherer = collect_events(s)
+        frames = await take(s.frames(), 6 * FPS)
+        await s.close()
+        await gatherer
+        return frames, events
+
+    frames, events = run(main())
+    motion = np.stack([f.motion for f in frames])
+    assert motion[:, JAW].max() < 0.05
+    assert motion[:, INDEX["eyeBlinkLeft"]].max() > 0.5
+    assert motion[:, INDEX["headYaw"]].std() > 0
+    assert not any(f.speaking or f.audio.any() for f in frames)
+    assert all(f.audio.shape == (SAMPLES_PER_FRAME_OUT,) and f.audio.dtype == np.int16 for f in frames)
+    assert events == []
+
+
+def test_bad_pushes_are_refused(rig) -> None:
+    s = session(rig, max_pending_seconds=1.0, render_video=False)
+    s.push_audio(np.zeros(SAMPLE_RATE // 2, np.int16), SAMPLE_RATE)
+    with pytest.raises(BadInputError, match="pending"):
+        s.push_audio(np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    with pytest.raises(BadInputError):
+        s.push_audio(np.array([0.0, np.nan], np.float32), SAMPLE_RATE)
+    with pytest.raises(BadInputError):
+        s.push_audio(np.zeros((2, 2, 2), np.float32), SAMPLE_RATE)
+    with pytest.raises(BadInputError):
+        s.push_audio(np.zeros(10, np.float32), 0)
+    run(s.close())
+    with pytest.raises(RuntimeError):
+        s.push_audio(np.zeros(10, np.float32), SAMPLE_RATE)
+
+
+def test_realtime_clock_paces_frames_at_25_fps(rig) -> None:
+    async def main() -> list[SessionFrame]:
+        s = session(rig)
+        frames = []
+        start = time.monotonic()
+        async for frame in s.frames():
+            if time.monotonic() - start > 2.0:
+                break
+            frames.append(frame)
+        await s.close()
+        return frames
+
+    frames = run(main())
+    assert 48 <= len(frames) <= 52
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert all(f.timestamp == f.index / FPS for f in frames)
+
+
+def test_slow_consumer_loses_images_never_voice(rig, speech: np.ndarray) -> None:
+    clip = speech[: 2 * RATE]
+
+    async def main() -> tuple[list[SessionFrame], int]:
+        s = session(rig)
+        s.push_audio(clip, RATE)
+        s.end_of_turn()
+        frames_in = s.frames()
+        frames = []
+        for _ in range(15):
+            frames.append(await anext(frames_in))
+            await asyncio.sleep(0.1)
+        while frames[-1].index < 2.5 * FPS:  # catch up, past the end of the turn
+            frames.append(await anext(frames_in))
+        await s.close()
+        return frames, s.stats.frames_dropped
+
+    frames, dropped = run(main())
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert dropped > 0 and any(f.image is None for f in frames)
+    assert frames[-1].image is not None  # caught up: images are back
+    expected = to_48k(clip)
+    assert snr_db(expected, voice(frames)[: len(expected)]) > 40.0
+
+
+def test_close_ends_iterators_and_leaves_no_tasks_or_threads(rig) -> None:
+    def session_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("emolive-session")]
+
+    async def main() -> None:
+        s = session(rig)
+        consumer = asyncio.create_task(take(s.frames(), 10**9))
+        _, gatherer = collect_events(s)
+        await asyncio.sleep(0.2)
+        assert session_threads()
+        await s.close()
+        await s.close()  # idempotent
+        await asyncio.wait_for(gatherer, 1.0)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(consumer, 1.0)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+        shared = concurrent.futures.ThreadPoolExecutor(1)
+        s = Session(rig, create_motion_model("baseline"), SessionOptions(), executor=shared)
+        await take(s.frames(), 3)
+        await s.close()
+        assert shared.submit(lambda: 1).result() == 1  # not ours to shut down
+        shared.shutdown()
+
+    run(main())
+    assert session_threads() == []
+
+
+def test_a_failing_model_ends_frames_with_its_error(rig) -> None:
+    model = create_motion_model("baseline")
+
+    def broken_step(features: np.ndarray) -> np.ndarray:
+        raise ValueError("model exploded")
+
+    model.step = broken_step
+
+    async def main() -> None:
+        s = Session(rig, model, SessionOptions(realtime=False))
+        with pytest.raises(ValueError, match="exploded"):
+            await take(s.frames(), 5)
+        await s.close()
+
+    run(main())
