@@ -1,0 +1,102 @@
+"""``emolive serve``: run the streaming server (FastAPI on uvicorn, aiortc for WebRTC)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.errors import BadInputError
+
+DESCRIPTION = """\
+Serve talking portraits over HTTP, WebSocket and WebRTC.
+
+Open the printed URL for the demo page (pick or upload a portrait, talk into the microphone
+or play an audio file through the WebSocket path; video and voice come back over WebRTC).
+API docs are at /docs, Prometheus metrics at /metrics, health at /healthz. The WebSocket
+protocol is described in server/PROTOCOL.md.
+
+Every option can also be set by an environment variable (the flag wins): EMOLIVE_HOST,
+EMOLIVE_PORT, EMOLIVE_WORKERS, EMOLIVE_MAX_SESSIONS, EMOLIVE_ICE_LOOPBACK=1,
+EMOLIVE_DATA_DIR, EMOLIVE_ICE_SERVERS (comma-separated stun:/turn: URLs),
+EMOLIVE_MOTION, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S.
+"""
+
+
+def add_serve_parser(commands) -> argparse.ArgumentParser:
+    serve = commands.add_parser(
+        "serve", help="run the real-time streaming server (WebRTC + WebSocket + REST) and its demo page",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", default=None,
+                       help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for every interface, as in Docker)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="compute threads shared by all sessions for motion and rendering (default: 2). "
+                            "This is not a count of server processes: sessions live in one process.")
+    serve.add_argument("--max-sessions", type=int, default=None, metavar="N",
+                       help="concurrent live sessions; one more is refused with 503 and Retry-After (default: 4)")
+    serve.add_argument("--ice-loopback", action="store_true", default=None,
+                       help="also offer 127.0.0.1 as a WebRTC (ICE) host candidate, which aioice leaves out: "
+                            "needed when browser and server share a machine with no other route "
+                            "(containers, CI, offline laptops)")
+    serve.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="where uploaded avatars and their registrations are kept "
+                            "(default: $EMOLIVE_DATA_DIR or ~/.local/share/emolive)")
+    serve.add_argument("--motion", default=None, metavar="MODEL",
+                       help="motion model for sessions that do not choose one: student (default), student:STEPS, "
+                            "teacher, teacher:STEPS or baseline")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                       help="server log level (default: info)")
+    return serve
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise BadInputError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise BadInputError(f"--workers must be between 1 and 64, got {args.workers}")
+    if args.max_sessions is not None and not 1 <= args.max_sessions <= 1000:
+        raise BadInputError(f"--max-sessions must be between 1 and 1000, got {args.max_sessions}")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import Settings
+
+    _check(args)
+    if args.motion is not None:
+        from engine.motion.registry import parse_spec
+
+        try:
+            parse_spec(args.motion)
+        except ValueError as error:
+            raise BadInputError(f"--motion: {error}") from None
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, workers=args.workers,
+                                     max_sessions=args.max_sessions, ice_loopback=args.ice_loopback,
+                                     data_dir=args.data_dir, motion=args.motion)
+    except ValueError as error:
+        raise BadInputError(f"bad server setting: {error}") from None
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadInputError(f"{settings.data_dir}: cannot create the data directory ({error.strerror})") from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, ws="websockets-sansio",
+                            log_level=args.log_level, lifespan="on")
+    server = uvicorn.Server(config)
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    print(f"emolive: serving on http://{shown}:{settings.port}/  (API docs: /docs, metrics: /metrics; "
+          f"data: {settings.data_dir}{', ICE loopback on' if settings.ice_loopback else ''})",
+          file=sys.stderr, flush=True)
+    server.run()
+    if not server.started:
+        raise BadInputError(f"could not listen on {settings.host}:{settings.port} (in use or not allowed)")

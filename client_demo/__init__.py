@@ -1,0 +1,1 @@
+"""The demo page served at ``/`` by ``emolive serve`` (static files, no build step)."""

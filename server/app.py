@@ -1,0 +1,220 @@
+"""The FastAPI application: ``create_app(settings)`` wires the avatar store, the session
+registry, WebRTC, the WebSocket protocol, metrics and the demo page together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, File, Request, UploadFile, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import client_demo
+from engine.errors import BadInputError
+from engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS, parse_spec
+from engine.motion_space import FPS
+from server.avatars import DEFAULT_ID, AvatarStore
+from server.config import Settings
+from server.errors import ApiError, not_found
+from server.metrics import Metrics
+from server.sessions import LiveSession, SessionParams, SessionRegistry
+
+log = logging.getLogger("emolive.server")
+DEMO_DIR = Path(client_demo.__file__).resolve().parent
+
+
+class SessionRequest(BaseModel):
+    avatar_id: str = Field(DEFAULT_ID, description="avatar to animate ('default' is the bundled portrait)")
+    mode: Literal["tts", "puppet"] = Field(
+        "tts", description="tts: speech arrives as PCM16 on the WebSocket and is sent back, lip-synced, "
+                           "as the WebRTC audio track; puppet: the WebRTC peer's microphone drives the face")
+    size: int = Field(512, ge=64, le=1024, multiple_of=2, description="square frame side in pixels")
+    motion: str | None = Field(None, description=f"motion model: {', '.join(MOTION_MODELS)}, optionally with "
+                                                 "sampling steps ('student:4'); default: the server's")
+    head_motion: float = Field(1.0, ge=0.0, le=2.0, description="0 still, 1 natural, 2 lively")
+    expressiveness: float = Field(1.0, ge=0.0, le=2.0, description="brows, cheeks, smiles: 0 flat .. 2 animated")
+    seed: int = Field(0, description="seed for blinks and head sway")
+    video: bool = Field(True, description="render video; false: events and motion rows only")
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    token: str
+    avatar_id: str
+    mode: str
+    size: int
+    fps: int
+    offer_url: str
+    ws_url: str
+
+
+class Offer(BaseModel):
+    sdp: str
+    type: str = "offer"
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query_params.get("token")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+    store = AvatarStore(settings.data_dir, rig_cache_size=settings.rig_cache_size)
+    executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="emolive-engine")
+    registry = SessionRegistry(settings, store, metrics, executor)
+    default_motion = settings.motion or DEFAULT_MOTION_MODEL
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.ice_loopback:
+            from server.webrtc import enable_loopback_candidates
+
+            enable_loopback_candidates()
+        await asyncio.to_thread(store.ensure_default)
+        # Build the bundled avatar's default rig now, so the first session starts at once.
+        await store.rig_async(DEFAULT_ID, 512)
+        await registry.check_motion(default_motion)
+        metrics.avatars.set(len(store.list()))
+        registry.start()
+        try:
+            yield
+        finally:
+            await registry.shutdown()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="emolive", version="0.1.0", lifespan=lifespan,
+                  description="Real-time talking portraits: one portrait + live audio -> a talking face "
+                              "over WebRTC, with events and ARKit motion rows over a WebSocket. "
+                              "WebSocket protocol: see server/PROTOCOL.md.")
+    app.state.settings, app.state.store, app.state.registry, app.state.metrics = settings, store, registry, metrics
+
+    # -- errors: always {"error": "<one line>"} ---------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(BadInputError)
+    async def bad_input(_request: Request, error: BadInputError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    def session_auth(session_id: str, request: Request) -> LiveSession:
+        return registry.authorize(session_id, _bearer(request))
+
+    # -- health and metrics ---------------------------------------------------------------
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok", "sessions": len(registry), "max_sessions": settings.max_sessions}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- avatars --------------------------------------------------------------------------
+
+    @app.post("/v1/avatars", status_code=201, tags=["avatars"])
+    async def upload_avatar(file: UploadFile | None = File(None, description="portrait: PNG, JPEG, WebP or BMP")) -> dict:
+        if file is None:
+            raise ApiError(400, "send the portrait as multipart form field 'file'")
+        data = await file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, f"{file.filename}: larger than {settings.max_upload_bytes >> 20} MB")
+        if not data:
+            raise ApiError(400, f"{file.filename or 'upload'}: empty file")
+        info = await store.add_async(data, file.filename or "upload")
+        metrics.avatars.set(len(store.list()))
+        return info.to_json()
+
+    @app.get("/v1/avatars", tags=["avatars"])
+    async def list_avatars() -> dict:
+        return {"avatars": [info.to_json() for info in store.list()]}
+
+    @app.get("/v1/avatars/{avatar_id}", tags=["avatars"])
+    async def get_avatar(avatar_id: str) -> dict:
+        info = store.get(avatar_id)
+        if info is None:
+            raise not_found(f"avatar {avatar_id!r}")
+        return info.to_json()
+
+    @app.delete("/v1/avatars/{avatar_id}", status_code=204, tags=["avatars"])
+    async def delete_avatar(avatar_id: str) -> Response:
+        try:
+            removed = await asyncio.to_thread(store.delete, avatar_id)
+        except PermissionError as error:
+            raise ApiError(403, str(error)) from None
+        if not removed:
+            raise not_found(f"avatar {avatar_id!r}")
+        metrics.avatars.set(len(store.list()))
+        return Response(status_code=204)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    @app.post("/v1/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"])
+    async def create_session(request: SessionRequest | None = None) -> SessionCreated:
+        request = request or SessionRequest()
+        fields = request.model_dump()
+        fields["motion"] = request.motion or default_motion
+        try:
+            parse_spec(fields["motion"])
+        except ValueError as error:
+            raise ApiError(422, f"motion: {error}") from None
+        live = await registry.create(SessionParams(**fields))
+        base = f"/v1/sessions/{live.id}"
+        return SessionCreated(session_id=live.id, token=live.token, avatar_id=live.params.avatar_id,
+                              mode=live.params.mode, size=live.params.size, fps=FPS,
+                              offer_url=f"{base}/offer", ws_url=f"{base}/ws")
+
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
+    async def get_session(live: LiveSession = Depends(session_auth)) -> dict:
+        return live.describe()
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"])
+    async def delete_session(live: LiveSession = Depends(session_auth)) -> Response:
+        await registry.close(live.id, "deleted by the client")
+        return Response(status_code=204)
+
+    @app.post("/v1/sessions/{session_id}/offer", tags=["sessions"])
+    async def offer(body: Offer, live: LiveSession = Depends(session_auth)) -> dict:
+        from server.webrtc import answer_offer
+
+        answer = await answer_offer(live, body.sdp, body.type, settings, metrics)
+        return {"sdp": answer.sdp, "type": answer.type}
+
+    @app.websocket("/v1/sessions/{session_id}/ws")
+    async def session_ws(websocket: WebSocket, session_id: str) -> None:
+        from server.ws import session_websocket
+
+        await session_websocket(websocket, session_id, registry)
+
+    # -- demo page ------------------------------------------------------------------------
+
+    if DEMO_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=DEMO_DIR, html=True), name="demo")
+    return app

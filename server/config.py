@@ -1,0 +1,89 @@
+"""Server settings: one typed, immutable object built from defaults, the environment or the CLI.
+
+Every setting has an ``EMOLIVE_*`` environment variable (read by :meth:`Settings.from_env`);
+``emolive serve`` flags override them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def default_data_dir() -> Path:
+    """``$EMOLIVE_DATA_DIR`` or ``~/.local/share/emolive``."""
+    env = os.environ.get("EMOLIVE_DATA_DIR")
+    return Path(env) if env else Path.home() / ".local" / "share" / "emolive"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Threads that run the engine (motion + render) for all sessions together.
+    workers: int = 2
+    # Concurrent live sessions; one more gets 503 with Retry-After.
+    max_sessions: int = 4
+    # Offer 127.0.0.1 as an ICE host candidate (aioice leaves loopback out by default).
+    ice_loopback: bool = False
+    # STUN/TURN URLs for the server's peer connections ("stun:host:port"); none by default:
+    # the server is meant to be reached directly (or through a TURN server the client names).
+    ice_servers: tuple[str, ...] = ()
+    # Uploaded avatars (and the engine's registration cache) live here.
+    data_dir: Path = field(default_factory=default_data_dir)
+    # A session no client ever attached to expires after this many seconds.
+    idle_timeout_s: float = 30.0
+    # A session whose last client left (WebSocket closed, peer connection failed/closed or
+    # silent) is closed this many seconds later unless a client attaches again.
+    detach_grace_s: float = 1.0
+    # A connected peer that sends nothing (no RTP, no RTCP) for this long counts as gone.
+    peer_silence_s: float = 2.5
+    # Built rigs kept in memory (avatar x size), least recently used evicted first.
+    rig_cache_size: int = 8
+    max_upload_bytes: int = 20 * 1024 * 1024
+    # Audio a client may queue ahead of playback before push_audio refuses more.
+    max_pending_seconds: float = 120.0
+    retry_after_s: int = 5
+    # Motion model for sessions that do not name one ("student", "student:4", "baseline", ...);
+    # empty: the engine's default.
+    motion: str = ""
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Defaults, then ``EMOLIVE_<NAME>`` environment variables, then ``overrides``."""
+        values: dict = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"EMOLIVE_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
+
+
+def _parse(name: str, raw: str):
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind == "bool":
+        return raw.strip().lower() in _TRUE
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "Path":
+        return Path(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw

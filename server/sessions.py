@@ -1,0 +1,353 @@
+"""Live sessions: the registry (limits, tokens, expiry) and each session's lifecycle.
+
+A :class:`LiveSession` wraps one ``engine.session.Session``. Exactly one task consumes
+``Session.frames()`` and fans every frame out to the session's sinks (the WebRTC video and
+audio tracks, WebSocket subscribers), so every output shares the engine's clock. A second
+task fans ``Session.events()`` out to listeners.
+
+Clients (a WebSocket, a WebRTC peer) *attach* to a session while they are connected. A
+session whose last client left is closed ``detach_grace_s`` later; one that no client ever
+attached to expires after ``idle_timeout_s``. Closing cancels every task of the session,
+closes its peer connection and WebSockets, and closes the engine session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, Protocol
+
+from engine.motion.registry import create_motion_model
+from engine.motion_space import MotionControls
+from server.avatars import AvatarStore
+from server.config import Settings
+from server.errors import ApiError, not_found
+from server.metrics import Metrics
+
+log = logging.getLogger("emolive.server")
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    avatar_id: str = "default"
+    mode: str = "tts"  # "tts": voice comes in over the WebSocket; "puppet": the peer's microphone
+    size: int = 512
+    motion: str = "student"
+    head_motion: float = 1.0
+    expressiveness: float = 1.0
+    seed: int = 0
+    video: bool = True  # False: motion rows / events only, nothing is rendered
+
+
+class FrameSink(Protocol):
+    def put_frame(self, frame: Any) -> None: ...
+
+
+class LiveSession:
+    def __init__(self, session_id: str, token: str, params: SessionParams, engine: Any,
+                 metrics: Metrics, settings: Settings) -> None:
+        self.id = session_id
+        self.token = token
+        self.params = params
+        self.engine = engine
+        self.created = time.time()
+        self._metrics = metrics
+        self._settings = settings
+        self._sinks: set[FrameSink] = set()
+        self._listeners: set[Callable[[Any], None]] = set()
+        self._clients: set[object] = set()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self.ever_attached = False
+        self.idle_since = time.monotonic()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.frames_out = 0
+        self.frames_dropped = 0
+        self.fps = 0.0
+        self.last_index = -1
+        self.peer: Any = None  # the server's RTCPeerConnection, if any (server.webrtc)
+        self.failed = ""  # set when the engine's frame or event stream ended on its own
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.spawn(self._pump_frames(), "frames")
+        self.spawn(self._pump_events(), "events")
+
+    def spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
+        """Run ``coro`` as one of this session's tasks: cancelled when the session closes."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"session-{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
+        if task.get_name().endswith(("-frames", "-events")) and not self.closed.is_set():
+            self.failed = f"engine stream {task.get_name().rsplit('-', 1)[1]} ended"
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    async def _pump_frames(self) -> None:
+        window_start, window_frames = time.monotonic(), 0
+        m = self._metrics
+        async for frame in self.engine.frames():
+            self.last_index = frame.index
+            if frame.image is None and self.params.video:
+                self.frames_dropped += 1
+                m.dropped_frames.labels("engine").inc()
+            else:
+                self.frames_out += 1
+                window_frames += 1
+                m.frames_out.inc()
+            latency = getattr(self.engine, "latency_ms", None)
+            if latency is not None:
+                m.engine_latency.observe(float(latency) / 1000.0)
+            for sink in tuple(self._sinks):
+                try:
+                    sink.put_frame(frame)
+                except Exception:  # one broken client must not stop the others
+                    log.exception("session %s: frame sink failed", self.id)
+                    self._sinks.discard(sink)
+            now = time.monotonic()
+            if now - window_start >= 1.0:
+                self.fps = window_frames / (now - window_start)
+                m.fps.labels(self.id).set(self.fps)
+                window_start, window_frames = now, 0
+
+    async def _pump_events(self) -> None:
+        async for event in self.engine.events():
+            for listener in tuple(self._listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("session %s: event listener failed", self.id)
+
+    # -- fan-out -------------------------------------------------------------------------
+
+    def add_sink(self, sink: FrameSink) -> None:
+        self._sinks.add(sink)
+
+    def remove_sink(self, sink: FrameSink) -> None:
+        self._sinks.discard(sink)
+
+    def add_listener(self, listener: Callable[[Any], None]) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Callable[[Any], None]) -> None:
+        self._listeners.discard(listener)
+
+    def count_dropped(self, stage: str, n: int = 1) -> None:
+        self.frames_dropped += n
+        self._metrics.dropped_frames.labels(stage).inc(n)
+
+    # -- clients -------------------------------------------------------------------------
+
+    def attach(self, client: object) -> None:
+        self._clients.add(client)
+        self.ever_attached = True
+
+    def detach(self, client: object) -> None:
+        if client in self._clients:
+            self._clients.discard(client)
+            if not self._clients:
+                self.idle_since = time.monotonic()
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register a coroutine function run when the session closes (peer, sockets)."""
+        self._closers.append(closer)
+
+    def expired(self, now: float) -> bool:
+        if self.failed:
+            return True
+        if self._clients or self.closed.is_set():
+            return False
+        limit = self._settings.detach_grace_s if self.ever_attached else self._settings.idle_timeout_s
+        return now - self.idle_since >= limit
+
+    async def close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.close_reason = reason
+        log.info("session %s closed: %s", self.id, reason)
+        current = asyncio.current_task()
+        for closer in self._closers:
+            try:
+                await asyncio.wait_for(closer(), timeout=2.0)
+            except Exception:
+                log.debug("session %s: closer failed", self.id, exc_info=True)
+        try:
+            await asyncio.wait_for(self.engine.close(), timeout=2.0)
+        except Exception:
+            log.exception("session %s: engine close failed", self.id)
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self._sinks.clear()
+        self._listeners.clear()
+        try:
+            self._metrics.fps.remove(self.id)
+        except KeyError:
+            pass
+
+    def describe(self) -> dict:
+        stats = getattr(self.engine, "stats", None)
+        if is_dataclass(stats):
+            stats = asdict(stats)
+        elif stats is not None and not isinstance(stats, dict):
+            stats = {"value": repr(stats)}
+        latency = getattr(self.engine, "latency_ms", None)
+        return {
+            "session_id": self.id,
+            "avatar_id": self.params.avatar_id,
+            "mode": self.params.mode,
+            "size": self.params.size,
+            "motion": self.params.motion,
+            "clients": self.client_count,
+            "frames_out": self.frames_out,
+            "frames_dropped": self.frames_dropped,
+            "fps": round(self.fps, 2),
+            "frame_index": self.last_index,
+            "latency_ms": None if latency is None else float(latency),
+            "stats": stats,
+        }
+
+
+class SessionRegistry:
+    def __init__(self, settings: Settings, store: AvatarStore, metrics: Metrics, executor: Executor | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.executor = executor
+        self._sessions: dict[str, LiveSession] = {}
+        self._starting = 0
+        self._closing: set[str] = set()
+        self._closers: set[asyncio.Task] = set()
+        self._reaper: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def start(self) -> None:
+        self._reaper = asyncio.ensure_future(self._reap())
+
+    async def create(self, params: SessionParams) -> LiveSession:
+        from engine.session import Session, SessionOptions
+
+        if len(self._sessions) + self._starting >= self.settings.max_sessions:
+            self.metrics.sessions_rejected.inc()
+            raise ApiError(503, f"server is at its limit of {self.settings.max_sessions} sessions; retry later",
+                           {"Retry-After": str(self.settings.retry_after_s)})
+        if not self.store.exists(params.avatar_id):
+            raise not_found(f"avatar {params.avatar_id!r}")
+        self._starting += 1
+        try:
+            rig = await self.store.rig_async(params.avatar_id, params.size)
+            try:
+                model = await asyncio.to_thread(create_motion_model, params.motion)
+            except ValueError as error:
+                raise ApiError(422, f"motion: {error}") from None
+            except Exception as error:  # missing or unreadable weights: the server's problem, said plainly
+                log.exception("motion model %r cannot be loaded", params.motion)
+                raise ApiError(503, f"motion model {params.motion!r} is unavailable on this server: {error}") from None
+            controls = MotionControls(head_motion=params.head_motion, expressiveness=params.expressiveness,
+                                      seed=params.seed)
+            options = SessionOptions(controls=controls, render_video=params.video, realtime=True,
+                                     max_pending_seconds=self.settings.max_pending_seconds)
+            engine = Session(rig, model, options, executor=self.executor)
+        except KeyError:
+            raise not_found(f"avatar {params.avatar_id!r}") from None
+        finally:
+            self._starting -= 1
+        session_id = secrets.token_hex(8)
+        live = LiveSession(session_id, secrets.token_urlsafe(24), params, engine, self.metrics, self.settings)
+        self._sessions[session_id] = live
+        live.start()
+        self.metrics.sessions_created.inc()
+        self.metrics.active_sessions.set(len(self._sessions))
+        return live
+
+    async def check_motion(self, spec: str) -> bool:
+        """Load ``spec`` once (start-up): a missing model is logged now, not at the first session."""
+        try:
+            await asyncio.to_thread(create_motion_model, spec)
+            return True
+        except Exception as error:
+            log.error("default motion model %r is unavailable: %s", spec, error)
+            return False
+
+    def ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._sessions.get(session_id)
+
+    def authorize(self, session_id: str, token: str | None) -> LiveSession:
+        """The session if ``token`` is its token: 404 unknown id, 401 no token, 403 wrong token."""
+        live = self._sessions.get(session_id)
+        if live is None or live.closed.is_set():
+            raise not_found(f"session {session_id!r}")
+        if not token:
+            raise ApiError(401, "this session needs its token: 'Authorization: Bearer <token>' or ?token=",
+                           {"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(token.encode(), live.token.encode()):
+            raise ApiError(403, "wrong token for this session")
+        return live
+
+    async def close(self, session_id: str, reason: str) -> bool:
+        live = self._sessions.get(session_id)
+        if live is None or session_id in self._closing:
+            return False
+        self._closing.add(session_id)
+        try:
+            await live.close(reason)
+        finally:
+            self._sessions.pop(session_id, None)
+            self._closing.discard(session_id)
+            self.metrics.active_sessions.set(len(self._sessions))
+        return True
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for live in list(self._sessions.values()):
+                if live.id not in self._closing and live.expired(now):
+                    if live.failed:
+                        reason = live.failed
+                    elif live.ever_attached:
+                        reason = "last client left"
+                    else:
+                        reason = "no client attached in time"
+                    task = asyncio.ensure_future(self.close(live.id, reason))
+                    self._closers.add(task)
+                    task.add_done_callback(self._closers.discard)
+
+    async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await asyncio.gather(*(self.close(sid, "server shutting down") for sid in list(self._sessions)),
+                             return_exceptions=True)

@@ -1,0 +1,290 @@
+"""WebRTC: the session's outgoing video + voice tracks, the incoming microphone, the peer.
+
+Both outgoing tracks are fed by the session's single frame pump (``LiveSession``), so they
+share its clock: video pts = ``frame.index`` on a 90 kHz clock, audio pts = samples at 48 kHz
+(``frame.index * 1920`` plus 960 for the second 20 ms half of each 40 ms video frame).
+
+Loopback ICE: aioice never offers 127.0.0.1 as a host candidate (``aioice.ice.
+get_host_addresses`` filters it out). With ``Settings.ice_loopback`` the server wraps that
+one function so it also returns 127.0.0.1 — see :func:`enable_loopback_candidates`. Nothing
+else in aioice changes, and without the setting nothing is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription,
+                    MediaStreamTrack)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.stats import RTCTransportStats
+
+from server.config import Settings
+from server.errors import ApiError
+from server.metrics import Metrics
+from server.sessions import LiveSession
+
+log = logging.getLogger("emolive.server")
+
+VIDEO_CLOCK = 90_000
+AUDIO_RATE = 48_000
+AUDIO_CHUNK = 960  # 20 ms at 48 kHz
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
+# The outgoing audio queue holds at most this much; past it the oldest is dropped (a stalled
+# sender must not build up a delay it would then keep forever).
+MAX_AUDIO_BACKLOG_CHUNKS = 25
+# A peer that has not connected this long after its offer was answered is given up.
+CONNECT_TIMEOUT_S = 20.0
+
+
+# ---------------------------------------------------------------------------------------
+# Loopback ICE candidates
+
+_loopback_enabled = False
+
+
+def enable_loopback_candidates() -> None:
+    """Make aioice offer 127.0.0.1 as an IPv4 host candidate (process-wide, idempotent).
+
+    aioice gathers host candidates from ``aioice.ice.get_host_addresses(use_ipv4,
+    use_ipv6)``, which skips 127.0.0.1, so a browser and a server on the same machine with
+    no other route (a container, CI, a laptop offline) never connect. This wraps exactly that
+    function; ``Connection`` looks it up in its module at gather time, so every connection
+    created afterwards (the server's and, in tests, aiortc clients in the same process)
+    also gathers a loopback candidate.
+    """
+    global _loopback_enabled
+    if _loopback_enabled:
+        return
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses.append("127.0.0.1")
+        return addresses
+
+    get_host_addresses.__wrapped__ = original  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = get_host_addresses
+    _loopback_enabled = True
+
+
+def rtc_configuration(settings: Settings) -> RTCConfiguration:
+    # aiortc falls back to a public STUN server when iceServers is None; say "none" explicitly.
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in settings.ice_servers])
+
+
+# ---------------------------------------------------------------------------------------
+# Outgoing tracks
+
+
+class SessionVideoTrack(MediaStreamTrack):
+    """Rendered frames of one session. Keeps only the newest frames: a slow encoder or
+    network loses video frames, never the clock."""
+
+    kind = "video"
+
+    def __init__(self, live: LiveSession, depth: int = 2) -> None:
+        super().__init__()
+        self._live = live
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=depth)
+        self._started = False
+
+    def put_frame(self, frame: Any) -> None:
+        if not self._started or frame.image is None:
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+            self._live.count_dropped("webrtc")
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._started = True
+        frame = await self._queue.get()
+        video = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        video.pts = frame.index * (VIDEO_CLOCK // 25)
+        video.time_base = VIDEO_TIME_BASE
+        return video
+
+
+class SessionAudioTrack(MediaStreamTrack):
+    """The voice the face is lip-syncing (48 kHz s16 mono, 20 ms frames), or silence with the
+    same timing in puppet mode (the speaker hears themselves already)."""
+
+    kind = "audio"
+
+    def __init__(self, live: LiveSession, silent: bool) -> None:
+        super().__init__()
+        self._live = live
+        self._silent = silent
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._started = False
+
+    def put_frame(self, frame: Any) -> None:
+        if not self._started:
+            return
+        samples = np.asarray(frame.audio, dtype=np.int16).reshape(-1)
+        if self._silent:
+            samples = np.zeros_like(samples)
+        base = frame.index * len(samples)
+        for offset in range(0, len(samples), AUDIO_CHUNK):
+            while self._queue.qsize() >= MAX_AUDIO_BACKLOG_CHUNKS:
+                self._queue.get_nowait()
+            self._queue.put_nowait((base + offset, samples[offset : offset + AUDIO_CHUNK]))
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._started = True
+        pts, chunk = await self._queue.get()
+        audio = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        audio.sample_rate = AUDIO_RATE
+        audio.pts = pts
+        audio.time_base = AUDIO_TIME_BASE
+        return audio
+
+
+# ---------------------------------------------------------------------------------------
+# The peer
+
+
+async def _consume_microphone(live: LiveSession, track: MediaStreamTrack) -> None:
+    """Remote audio -> 48 kHz mono s16 -> ``session.push_audio`` (puppet mode); in TTS mode
+    the track is drained and ignored."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+    puppet = live.params.mode == "puppet"
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        if not puppet:
+            continue
+        for out in resampler.resample(frame):
+            samples = out.to_ndarray().reshape(-1)
+            if len(samples):
+                try:
+                    live.engine.push_audio(samples, AUDIO_RATE)
+                except ValueError as error:  # e.g. too much pending audio: drop, keep going
+                    log.warning("session %s: microphone audio dropped: %s", live.id, error)
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    while True:
+        try:
+            await track.recv()
+        except MediaStreamError:
+            return
+
+
+async def _watch_peer(live: LiveSession, pc: RTCPeerConnection, settings: Settings, gone: asyncio.Event) -> None:
+    """A connected peer that sends no packet at all (RTP or RTCP) for ``peer_silence_s`` is
+    gone (a browser that was killed sends no DTLS close; ICE consent would take 30 s)."""
+    started = time.monotonic()
+    last_count, last_change = -1, started
+    while not gone.is_set():
+        await asyncio.sleep(0.5)
+        if pc.connectionState != "connected":
+            last_change = time.monotonic()
+            if last_count < 0 and last_change - started > CONNECT_TIMEOUT_S:
+                log.info("session %s: peer did not connect in %.0f s", live.id, CONNECT_TIMEOUT_S)
+                gone.set()
+            continue
+        report = await pc.getStats()
+        count = sum(s.packetsReceived for s in report.values() if isinstance(s, RTCTransportStats))
+        now = time.monotonic()
+        if count != last_count:
+            last_count, last_change = count, now
+        elif now - last_change > settings.peer_silence_s:
+            log.info("session %s: peer silent for %.1f s, closing it", live.id, now - last_change)
+            gone.set()
+
+
+async def answer_offer(live: LiveSession, sdp: str, kind: str, settings: Settings, metrics: Metrics) -> RTCSessionDescription:
+    """Build the session's peer connection for a browser offer and return the answer (with
+    all candidates: no trickle ICE). A second offer replaces the first peer."""
+    if kind != "offer":
+        raise ApiError(400, f"expected an SDP offer, got type {kind!r}")
+    if live.peer is not None:
+        await live.peer.close()
+    pc = RTCPeerConnection(rtc_configuration(settings))
+    client = object()
+    gone = asyncio.Event()
+    video = SessionVideoTrack(live)
+    audio = SessionAudioTrack(live, silent=live.params.mode == "puppet")
+    counted = False
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            live.spawn(_consume_microphone(live, track), "microphone")
+        else:  # a client's camera is not used; drain it so its frames do not pile up
+            live.spawn(_drain(track), "drain")
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        nonlocal counted
+        state = pc.connectionState
+        log.info("session %s: peer %s", live.id, state)
+        if state == "connected" and not counted:
+            counted = True
+            metrics.peers.inc()
+        if state in ("failed", "closed"):
+            gone.set()
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    except Exception as error:  # aiortc raises ValueError and friends for SDP it cannot use
+        await pc.close()
+        raise ApiError(400, f"unusable SDP offer: {error}") from None
+    kinds = {t.kind for t in pc.getTransceivers()}
+    if "video" not in kinds:
+        await pc.close()
+        raise ApiError(400, "the offer must receive video (add a recvonly video transceiver)")
+    pc.addTrack(video)
+    if "audio" in kinds:
+        pc.addTrack(audio)
+    live.add_sink(video)
+    live.add_sink(audio)
+    live.attach(client)
+    live.peer = pc
+
+    async def lifetime() -> None:
+        watchdog = asyncio.ensure_future(_watch_peer(live, pc, settings, gone))
+        try:
+            await gone.wait()
+        finally:
+            watchdog.cancel()
+            live.remove_sink(video)
+            live.remove_sink(audio)
+            if counted:
+                metrics.peers.dec()
+            if live.peer is pc:
+                live.peer = None
+            await pc.close()
+            live.detach(client)
+
+    async def close_peer() -> None:
+        gone.set()
+        await pc.close()
+
+    live.spawn(lifetime(), "peer")
+    live.on_close(close_peer)
+    try:
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except Exception as error:
+        gone.set()
+        raise ApiError(400, f"cannot answer this offer: {error}") from None
+    return pc.localDescription
