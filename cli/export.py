@@ -1,0 +1,160 @@
+"""``emolive export``: the models as ONNX files (and TensorRT engines where a GPU allows)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.errors import BadInputError
+
+DESCRIPTION = """\
+Write emolive's models as ONNX files for ONNX Runtime, TensorRT or any other runtime.
+
+Files are build outputs, named by content hash (renderer-<portrait sha256>-<build key>.onnx)
+with a JSON sidecar describing inputs, outputs, shapes, opset and source hashes. A file that
+is already up to date is not rebuilt; never edit one by hand (delete it or pass --force).
+
+  onnx  export to ONNX (opset >= 17, dynamic batch axis), checked by onnx.checker and
+        shape inference
+  trt   build TensorRT engines from those ONNX files (needs the tensorrt package and a CUDA GPU)
+"""
+
+ONNX_DESCRIPTION = """\
+Export models to ONNX, checked by onnx.checker (full check) and strict shape inference.
+
+renderer: one avatar's renderer (motion -> flow -> grid_sample, mouth compositor included).
+  input  motion  float32 (batch, 35): head pose then ARKit blendshapes, channel order as
+                 `emolive motion` writes them; clipped to their limits in the graph
+  output frames  uint8 (batch, H, W, 3): RGB, H = W = --size for the default framing
+denoiser: the motion model's denoiser (when this installation has its exporter).
+"""
+
+TRT_DESCRIPTION = """\
+Build TensorRT engines from the ONNX exports (exporting them first if needed), one
+optimisation profile over the batch axis. Needs the tensorrt Python package and a CUDA GPU;
+without them this prints why and exits with status 2.
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    from export.registry import DEFAULT_OPSET, exporter_names
+
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                        help="directory for the files (created if missing); up-to-date files in it are reused")
+    parser.add_argument("--what", choices=[*exporter_names(), "all"], default="all",
+                        help="which model(s) to export (default: all that this installation can export)")
+    parser.add_argument("--portrait", type=Path, default=None, metavar="PATH",
+                        help="portrait whose renderer to export: PNG, JPEG, WebP or BMP (default: the bundled astronaut)")
+    parser.add_argument("--size", type=int, default=512, metavar="N",
+                        help="avatar frame side in pixels, as `emolive render --size`; the renderer's output is "
+                             "N x N (default: 512)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET})")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up-to-date files exist")
+
+
+def add_export_parser(commands) -> argparse.ArgumentParser:
+    export = commands.add_parser(
+        "export", help="export the models to ONNX (and TensorRT engines where a GPU allows)",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds = export.add_subparsers(dest="export", required=True, metavar="FORMAT")
+    onnx = kinds.add_parser("onnx", help="export to ONNX files", description=ONNX_DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(onnx)
+    onnx.add_argument("--verify", action="store_true",
+                      help="also render a motion sweep (jaw, lips, blinks, brows, head pose extremes) with ONNX "
+                           "Runtime and print its difference from the CPU renderer")
+    trt = kinds.add_parser("trt", help="build TensorRT engines (needs tensorrt and a CUDA GPU)",
+                           description=TRT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(trt)
+    trt.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
+                     help="engine precision: fp16, fp32, or auto (default): fp16 except where a model's sidecar "
+                          "asks for fp32 (the renderer, whose sampling coordinates need it)")
+    trt.add_argument("--max-batch", type=int, default=8, metavar="N",
+                     help="largest batch the engines accept (default: 8)")
+    trt.add_argument("--opt-batch", type=int, default=4, metavar="N",
+                     help="batch size TensorRT tunes for, at most --max-batch (default: 4)")
+    return export
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 64 <= args.size <= 2048:
+        raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
+    if args.opset < 17:
+        raise BadInputError(f"--opset must be at least 17, got {args.opset}")
+    if args.portrait is not None and not args.portrait.is_file():
+        raise BadInputError(f"{args.portrait}: no such file")
+    if args.output.exists() and not args.output.is_dir():
+        raise BadInputError(f"{args.output}: exists and is not a directory")
+    if args.export == "trt":
+        if not 1 <= args.max_batch <= 1024:
+            raise BadInputError(f"--max-batch must be between 1 and 1024, got {args.max_batch}")
+        if not 1 <= args.opt_batch <= args.max_batch:
+            raise BadInputError(f"--opt-batch must be between 1 and --max-batch ({args.max_batch}), got {args.opt_batch}")
+
+
+def _export_onnx(args: argparse.Namespace) -> list:
+    from export.registry import ExporterUnavailable, ExportRequest, exporter_names, get_exporter
+
+    request = ExportRequest(out_dir=args.output, portrait=args.portrait, size=args.size, opset=args.opset,
+                            force=args.force)
+    names = exporter_names() if args.what == "all" else [args.what]
+    results = []
+    for name in names:
+        try:
+            exporter = get_exporter(name)
+        except ExporterUnavailable as error:
+            if args.what == "all":
+                print(f"{name}: skipped ({error})", file=sys.stderr)
+                continue
+            raise BadInputError(str(error)) from None
+        for result in exporter(request):
+            size_mb = result.path.stat().st_size / 1e6
+            state = "up to date" if result.cached else f"wrote in {result.seconds:.1f} s"
+            print(f"{result.name}: {result.path} ({size_mb:.1f} MB, {state}; sidecar {result.sidecar.name})", file=sys.stderr)
+            results.append(result)
+    if not results:
+        raise BadInputError("nothing to export")
+    return results
+
+
+def _verify(results: list, args: argparse.Namespace) -> None:
+    from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+    from engine.render import Renderer
+    from export.parity import sweep_parity
+    from export.runtime import OnnxRenderer
+
+    for result in results:
+        if result.name != "renderer":
+            continue
+        _, rig = prepare_avatar(args.portrait or DEFAULT_PORTRAIT, RenderOptions(size=args.size))
+        rows = sweep_parity(Renderer(rig), OnnxRenderer(result.path).render_batch)
+        for row in rows:
+            print(f"  {row}", file=sys.stderr)
+        worst = max(row.mad for row in rows)
+        print(f"renderer parity: worst frame MAD {worst:.4f}/255 (bound 2/255), worst mouth MAD "
+              f"{max(row.mouth_mad for row in rows):.4f}/255", file=sys.stderr)
+        if worst > 2.0:
+            raise RuntimeError(f"renderer ONNX differs from the CPU renderer by {worst:.3f}/255 (more than 2/255)")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    _check(args)
+    if args.export == "trt":
+        from export.trt import build_engines, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            raise BadInputError(f"cannot build TensorRT engines: {reason}")
+        results = _export_onnx(args)
+        for engine in build_engines(results, precision=args.precision, max_batch=args.max_batch,
+                                    opt_batch=args.opt_batch, force=args.force,
+                                    log=lambda line: print(line, file=sys.stderr)):
+            state = "up to date" if engine.cached else f"built in {engine.seconds:.0f} s"
+            print(f"{engine.name}: {engine.path} ({engine.precision}, {state})", file=sys.stderr)
+        return
+    results = _export_onnx(args)
+    if args.verify:
+        _verify(results, args)
