@@ -77,12 +77,14 @@ class Renderer:
         activations = motion[BLEND_SLICE].copy()
         # mouthClose seals only what the jaw opened, as in ARKit.
         activations[self._close] *= activations[self._jaw]
-        disp = (activations @ self._bases).reshape(-1, 2)
+        # einsum, not @: this product is too small for BLAS, whose idle worker thread would
+        # otherwise spin between frames and eat a core.
+        disp = np.einsum("b,bv->v", activations, self._bases).reshape(-1, 2)
         pitch, yaw, roll, tx, ty, log_scale = (float(v) for v in motion[:6])
         points = rig.vertices.copy()
         points[:, :2] += disp
         rotation = rotation_matrix(pitch, yaw, roll) * np.exp(log_scale)
-        posed = (points - rig.head_center) @ rotation.T + rig.head_center
+        posed = np.einsum("vi,ji->vj", points - rig.head_center, rotation) + rig.head_center
         posed[:, :2] += np.array([tx, ty]) * rig.face_width
         return disp + rig.head_weight[:, None] * (posed[:, :2] - points[:, :2])
 
