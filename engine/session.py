@@ -18,7 +18,10 @@ soxr streams, and the two are aligned by position: 16 kHz turn sample ``s`` is 4
 samples ``3s .. 3s + 2``, and the reader only takes samples both streams have produced.
 Resampling is lazy (a few pieces per tick), so pushing a minute of audio at once does not
 block the event loop. soxr holds back up to ~40 ms of each stream until more input or
-end_of_turn arrives, so a source pushing at exactly real time underruns once at turn start.
+end_of_turn arrives, and that holdback swings by ~30 ms from one push to the next. So a turn
+starts only once ``TURN_START_BUFFER`` samples beyond the tick's read are ready (or the turn
+has ended): a source pushing at least in real time then never runs the reader dry, and the
+voice of a turn has no inserted gaps. This costs at most one frame of latency per turn.
 
 Model steps and renders run in an executor, one job at a time per session; all audio
 bookkeeping stays on the event loop thread, so nothing needs a lock.
@@ -57,7 +60,15 @@ FEATURE_SPILL = (MELS_PER_FRAME - 1) * HOP + WIN // 2 + HOP // 2 - SAMPLES_PER_F
 IMAGE_BACKLOG_FRAMES = FPS // 2  # a consumer further behind gets frames without images
 MAX_BACKLOG_FRAMES = 10 * FPS  # a consumer further behind than this loses whole frames
 EVENT_BACKLOG = 256
-RENDER_SLACK_S = 0.5 / FPS  # a tick later than this skips its render to catch up
+# A frame's render is skipped when compute is this far behind the clock: compute backlog is
+# modelled from the jobs' own latencies (submit -> result), so a loop that wakes a tick late
+# (other work on the event loop: WebRTC packets, sockets) does not cost a render.
+RENDER_SLACK_S = 0.5 / FPS
+# ...or when the loop itself has fallen this far behind: the frames must catch up anyway.
+CATCH_UP_S = 4 / FPS
+# 16 kHz samples a turn holds beyond a tick's read before it starts: one frame covers the
+# resamplers' holdback swing (up to ~600 samples) plus push jitter.
+TURN_START_BUFFER = SAMPLES_PER_FRAME_IN
 RESAMPLE_PIECE_S = 0.1  # pushed audio is resampled in pieces this long, as the reader needs it
 
 log = logging.getLogger(__name__)
@@ -189,6 +200,11 @@ class _Turn:
         return self._flushed and self._in16.size == 0
 
     @property
+    def complete(self) -> bool:
+        """Ended and every pushed sample resampled: nothing more will become available."""
+        return self._flushed
+
+    @property
     def done(self) -> bool:
         """Exhausted and every sample read has been output."""
         return self.exhausted and self.output48 == OUT_PER_IN * self.read16
@@ -302,6 +318,13 @@ class _Playout:
         for turn in self._turns:
             if turn.exhausted:
                 continue
+            if turn.read16 == 0:
+                # A turn starts with a buffer, so resampler holdback swings never run it dry.
+                wanted = count + TURN_START_BUFFER
+                if turn.available(wanted) < wanted and not turn.complete:
+                    parts.append(np.zeros(count, dtype=np.float32))
+                    self._voice.append((None, np.zeros(OUT_PER_IN * count, dtype=np.float32)))
+                    return np.concatenate(parts)
             take = turn.available(count)
             if take:
                 samples16, samples48 = turn.read(min(take, count))
@@ -467,6 +490,7 @@ class Session:
         self._events_out: _Backlog[SessionEvent] = _Backlog(EVENT_BACKLOG)
         self._task: asyncio.Task[None] | None = None
         self._job: concurrent.futures.Future | None = None
+        self._compute_ready = float("-inf")  # loop time the modelled compute queue is free
         self._closed = False
 
     @property
@@ -563,22 +587,31 @@ class Session:
                 await self._frames_out.drained()
             self._window.append(self._read_features(tick))
             if len(self._window) > self._lookahead:
-                late = self._options.realtime and loop.time() - deadline > RENDER_SLACK_S
-                await self._emit(tick - self._lookahead, render=self._should_render(late))
+                behind = self._options.realtime and self._behind(deadline, loop.time() - deadline)
+                job_s = await self._emit(tick - self._lookahead, render=self._should_render(behind))
+                # Compute as a queue fed on the clock: the job's latency (queue + run) from the
+                # later of its deadline and the previous job's end, not from the loop's wake-up.
+                self._compute_ready = max(self._compute_ready, deadline) + job_s
 
     def _read_features(self, tick: int) -> np.ndarray:
         """Feature frame ``tick``: (MELS_PER_FRAME, N_MELS)."""
         count = SAMPLES_PER_FRAME_IN + (FEATURE_SPILL if tick == 0 else 0)
         return self._mel.push(self._playout.read(count))
 
+    def _behind(self, deadline: float, late: float) -> bool:
+        """Whether the frame due at ``deadline`` (reached ``late`` s after it) drops its render."""
+        return self._compute_ready - deadline > RENDER_SLACK_S or late > CATCH_UP_S
+
     def _should_render(self, late: bool) -> bool:
         # A frame that lands behind IMAGE_BACKLOG queued ones would lose its image anyway.
         return self._renderer is not None and not late and len(self._frames_out) < IMAGE_BACKLOG_FRAMES
 
-    async def _emit(self, index: int, render: bool) -> None:
-        """Compute frame ``index`` off the loop, then queue it with its voice and events."""
+    async def _emit(self, index: int, render: bool) -> float:
+        """Compute frame ``index`` off the loop, then queue it with its voice and events;
+        returns the compute job's latency in seconds (submit -> done, in the worker)."""
+        submitted = time.perf_counter()
         self._job = self._executor.submit(self._compute, np.stack(self._window), render)
-        motion, image, compute_ms = await asyncio.wrap_future(self._job)
+        motion, image, compute_ms, finished = await asyncio.wrap_future(self._job)
         self._job = None
         # The voice is taken after compute so that an interrupt meanwhile silences it.
         audio, speaking, events = self._playout.pop_frame()
@@ -588,6 +621,7 @@ class Session:
         self._queue_frame(SessionFrame(index, index / FPS, image, audio, motion, speaking))
         for event in events:
             self._events_out.put(SessionEvent(*event, frame_index=index))
+        return finished - submitted
 
     def _queue_frame(self, frame: SessionFrame) -> None:
         self._frames_out.put(frame)
@@ -597,9 +631,11 @@ class Session:
             stale.image = None  # bounds the memory a slow consumer holds in images
             self.stats.frames_dropped += 1
 
-    def _compute(self, features: np.ndarray, render: bool) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """Runs in the executor: the motion of one frame and, if asked, its image."""
+    def _compute(self, features: np.ndarray, render: bool) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+        """Runs in the executor: the motion of one frame and, if asked, its image; its run
+        time in ms and the perf_counter it finished at."""
         started = time.perf_counter()
         motion = self._model.step(features)[0]
         image = self._renderer.render(motion) if render and self._renderer is not None else None
-        return motion, image, (time.perf_counter() - started) * 1000.0
+        finished = time.perf_counter()
+        return motion, image, (finished - started) * 1000.0, finished

@@ -112,10 +112,16 @@ class SessionVideoTrack(MediaStreamTrack):
             raise MediaStreamError
         self._started = True
         frame = await self._queue.get()
-        video = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
-        video.pts = frame.index * (VIDEO_CLOCK // 25)
-        video.time_base = VIDEO_TIME_BASE
-        return video
+        # The copy into a VideoFrame runs off the event loop, which carries every session's
+        # packets; the encoder (aiortc) already runs in the default executor too.
+        return await asyncio.get_running_loop().run_in_executor(None, _video_frame, frame.image, frame.index)
+
+
+def _video_frame(image: np.ndarray, index: int) -> av.VideoFrame:
+    video = av.VideoFrame.from_ndarray(image, format="rgb24")
+    video.pts = index * (VIDEO_CLOCK // 25)
+    video.time_base = VIDEO_TIME_BASE
+    return video
 
 
 class SessionAudioTrack(MediaStreamTrack):

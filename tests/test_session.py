@@ -121,7 +121,7 @@ def test_feature_spill_completes_a_video_frame() -> None:
 
 
 def test_streamed_motion_equals_offline(rig, speech: np.ndarray) -> None:
-    expected = audio_to_motion(to_mono_16k(speech, RATE), RenderOptions()).frames
+    expected = audio_to_motion(to_mono_16k(speech, RATE), RenderOptions(motion="baseline")).frames
 
     async def main() -> list[SessionFrame]:
         s = session(rig, realtime=False)
@@ -362,3 +362,48 @@ def test_a_failing_model_ends_frames_with_its_error(rig) -> None:
         await s.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("rate", [16000, 24000])
+def test_real_time_pushes_play_without_gaps(rig, speech: np.ndarray, rate: int) -> None:
+    """20 ms chunks pushed at exactly real time: the turn's voice is its input at 48 kHz,
+    with no silence inserted at its start (resampler holdback) or inside it."""
+    clip = soxr.resample(speech[: 3 * RATE].astype(np.float64), RATE, rate, quality="HQ")
+    clip = (clip + 0.01).astype(np.float32)  # a DC offset: the voice itself has no zero runs
+    chunk = rate // 50
+
+    async def main() -> tuple[list[SessionFrame], list[SessionEvent], int]:
+        s = session(rig, render_video=False)
+        events, gatherer = collect_events(s)
+        frames_in = s.frames()
+        frames = await take(frames_in, 3)
+
+        async def feed() -> None:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for n, begin in enumerate(range(0, len(clip), chunk)):
+                await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
+                s.push_audio(clip[begin : begin + chunk], rate)
+            s.end_of_turn()
+
+        feeder = asyncio.create_task(feed())
+        while not any(e.type == "playback_finished" for e in events):
+            frames.append(await anext(frames_in))
+        frames += await take(frames_in, 3)
+        await feeder
+        await s.close()
+        await gatherer
+        return frames, events, s.stats.underrun_frames
+
+    frames, events, underruns = run(main())
+    assert underruns == 0
+    out = voice(frames)
+    expected = soxr.resample(clip.astype(np.float64), rate, OUTPUT_RATE, quality="HQ")
+    offset = int(np.argmax(correlate(out, expected, mode="valid", method="fft")))
+    turn = out[offset : offset + len(expected)]
+    assert snr_db(expected, turn) > 40.0
+    start, end = longest_zero_run(turn)
+    assert end - start <= OUTPUT_RATE // 1000  # no gap longer than 1 ms inside the turn
+    speaking = [f.index for f in frames if f.speaking]
+    assert speaking == list(range(speaking[0], speaking[-1] + 1))
+    assert speaking[0] == offset // SAMPLES_PER_FRAME_OUT
