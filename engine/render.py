@@ -31,6 +31,7 @@ def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
 
 
 _DETAIL_FEATHER = 4  # pixels over which a fine patch blends into the coarse warp
+_LID_DETAIL_THRESHOLD = 0.02
 
 
 class _GridWarp:
@@ -70,6 +71,7 @@ class Renderer:
         self._details = [(_GridWarp(rig.image, grid, rig.inverse_iterations), _feather(*_size(grid))) for grid in rig.detail_grids]
         self._bases = rig.bases.reshape(len(rig.bases), -1)
         self._jaw, self._close = BASIS_INDEX["jawOpen"], BASIS_INDEX["mouthClose"]
+        self._lid_channels = [INDEX[f"{shape}{side}"] for shape in ("eyeBlink", "eyeWide", "cheekSquint") for side in ("Left", "Right")]
 
     def vertex_displacement(self, motion: np.ndarray) -> np.ndarray:
         """(V, 2) pixel displacement of every rig vertex for one motion frame."""
@@ -95,7 +97,10 @@ class Renderer:
         out = self.rig.image.copy()
         x0, y0, x1, y1 = self.rig.grid.roi
         out[y0:y1, x0:x1] = self._coarse.warp(disp)
-        for detail, weight in self._details:
+        # The coarse grid follows the eyes well while the lids are still; only a moving lid
+        # needs the fine patches.
+        lids_moving = float(motion[self._lid_channels].max()) > _LID_DETAIL_THRESHOLD
+        for detail, weight in self._details if lids_moving else ():
             x0, y0, x1, y1 = detail.grid.roi
             region = out[y0:y1, x0:x1].astype(np.float32)
             out[y0:y1, x0:x1] = (region + weight * (detail.warp(disp) - region)).astype(np.uint8)
