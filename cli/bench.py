@@ -70,3 +70,7 @@ def bench_render(args: argparse.Namespace) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     if args.bench == "render":
         bench_render(args)
+    elif args.bench in ("stream", "soak"):
+        from cli.stream_bench import run_stream_bench
+
+        run_stream_bench(args)

@@ -21,6 +21,8 @@ EXIT_INTERNAL = 1
 def _add_motion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--motion", choices=MOTION_MODELS, default=DEFAULT_MOTION_MODEL,
                         help=f"audio-to-motion model (default: {DEFAULT_MOTION_MODEL})")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="sampling steps of the diffusion models (default: 2 for student, 24 for teacher)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for blinks, head sway and other free motion; same seed, same video (default: 0)")
     parser.add_argument("--head-motion", type=float, default=1.0, metavar="X",
@@ -35,6 +37,18 @@ def _controls(args: argparse.Namespace) -> MotionControls:
         if not 0.0 <= value <= 2.0:
             raise BadInputError(f"--{name.replace('_', '-')} must be between 0 and 2, got {value}")
     return MotionControls(head_motion=args.head_motion, expressiveness=args.expressiveness, seed=args.seed)
+
+
+def _motion_spec(args: argparse.Namespace) -> str:
+    """``--motion`` plus ``--steps`` as a registry spec (``student:4``)."""
+    from engine.motion.registry import parse_spec
+
+    spec = args.motion if args.steps is None else f"{args.motion}:{args.steps}"
+    try:
+        parse_spec(spec)
+    except ValueError as error:
+        raise BadInputError(f"--steps: {error}") from None
+    return spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench_render.add_argument("--runs", type=int, default=5, help="runs; the median is reported (default: 5)")
     bench_render.add_argument("--motion", choices=MOTION_MODELS, default=DEFAULT_MOTION_MODEL,
                               help=f"motion model (default: {DEFAULT_MOTION_MODEL})")
+    from cli.stream_bench import add_stream_parsers
+
+    add_stream_parsers(bench_kinds)
+
+    from cli.serve import add_serve_parser
+
+    add_serve_parser(commands)
+
+    from cli.export import add_export_parser
+
+    add_export_parser(commands)
+
+    from cli.eval import add_eval_parser
+    from cli.train import add_train_parser
+
+    add_train_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 
@@ -102,7 +133,7 @@ def _run_render(args: argparse.Namespace) -> None:
     if args.output.suffix.lower() != ".mp4":
         raise BadInputError(f"{args.output}: output must end in .mp4")
     options = RenderOptions(size=args.size, fps=args.fps, keep_framing=args.keep_framing,
-                            motion=args.motion, controls=_controls(args))
+                            motion=_motion_spec(args), controls=_controls(args))
     sheet_indices: set[int] = set()
 
     def keep(index: int) -> bool:
@@ -132,7 +163,7 @@ def _run_motion(args: argparse.Namespace) -> None:
 
     if args.output.suffix.lower() not in (".csv", ".json"):
         raise BadInputError(f"{args.output}: output must end in .csv or .json")
-    options = RenderOptions(fps=args.fps, motion=args.motion, controls=_controls(args))
+    options = RenderOptions(fps=args.fps, motion=_motion_spec(args), controls=_controls(args))
     track = audio_to_motion(load_audio(args.audio), options)
     track.save(args.output)
     print(f"wrote {len(track)} frames to {args.output}", file=sys.stderr)
@@ -149,6 +180,22 @@ def main(argv: list[str] | None = None) -> int:
             from cli.bench import run_bench
 
             run_bench(args)
+        elif args.command == "train":
+            from cli.train import run_train
+
+            run_train(args)
+        elif args.command == "eval":
+            from cli.eval import run_eval
+
+            run_eval(args)
+        elif args.command == "serve":
+            from cli.serve import run_serve
+
+            run_serve(args)
+        elif args.command == "export":
+            from cli.export import run_export
+
+            run_export(args)
     except BadInputError as error:
         print(f"emolive: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

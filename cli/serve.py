@@ -44,8 +44,8 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
                        help="where uploaded avatars and their registrations are kept "
                             "(default: $EMOLIVE_DATA_DIR or ~/.local/share/emolive)")
     serve.add_argument("--motion", default=None, metavar="MODEL",
-                       help="motion model for sessions that do not choose one: student (default), student:STEPS, "
-                            "teacher, teacher:STEPS or baseline")
+                       help="motion model for sessions that do not choose one: baseline (default), student, "
+                            "student:STEPS, teacher or teacher:STEPS")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(flite espeak-ng festival festvox-kallpc16k chromium sox)
+apt_packages=(flite espeak-ng festival festvox-kallpc16k chromium sox
+              festvox-us-slt-hts alsa-utils fortunes-min fortunes-de fortunes-es fortunes-it wamerican wngerman wfrench wspanish wportuguese wpolish wdutch wswedish)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

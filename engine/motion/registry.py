@@ -1,16 +1,41 @@
-"""Motion models by name, as the CLI and the server choose them."""
+"""Motion models by name, as the CLI and the server choose them.
+
+A model spec is a name, optionally with a sampling step count: ``student`` (the distilled
+diffusion model, 2 steps), ``student:1``, ``teacher`` (24 steps), ``teacher:8``, or
+``baseline`` (the hand-built reference, no steps). ``baseline`` stays the default until the
+trained models meet their lip-sync acceptance (see engine/motion/weights/MODEL_CARD.md).
+"""
 
 from __future__ import annotations
 
 from engine.motion import MotionModel
 from engine.motion.baseline import BaselineMotion
 
-MOTION_MODELS: tuple[str, ...] = ("baseline",)
+MOTION_MODELS: tuple[str, ...] = ("student", "teacher", "baseline")
 DEFAULT_MOTION_MODEL = "baseline"
+DIFFUSION_MODELS = frozenset({"student", "teacher"})
+MAX_STEPS = 64
 
 
-def create_motion_model(name: str) -> MotionModel:
-    """A fresh model instance (models hold per-stream state: one per stream)."""
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    """``"student:4"`` -> ("student", 4); ``"teacher"`` -> ("teacher", None)."""
+    name, _, steps = spec.partition(":")
+    if name not in MOTION_MODELS:
+        raise ValueError(f"unknown motion model {name!r}; choose one of {', '.join(MOTION_MODELS)}")
+    if not steps:
+        return name, None
+    if name not in DIFFUSION_MODELS:
+        raise ValueError(f"motion model {name!r} takes no sampling steps")
+    if not steps.isdigit() or not 1 <= int(steps) <= MAX_STEPS:
+        raise ValueError(f"sampling steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    return name, int(steps)
+
+
+def create_motion_model(spec: str) -> MotionModel:
+    """A fresh model instance (models hold per-stream state: one per stream); weights are shared."""
+    name, steps = parse_spec(spec)
     if name == "baseline":
         return BaselineMotion()
-    raise ValueError(f"unknown motion model {name!r}; choose one of {', '.join(MOTION_MODELS)}")
+    from engine.motion.diffusion import DiffusionMotion, default_weights
+
+    return DiffusionMotion.from_file(default_weights(name), steps=steps, name=name)

@@ -1,0 +1,189 @@
+"""The streaming diffusion motion model: :class:`DiffusionMotion` implements ``MotionModel``.
+
+Each hop of ``H = 2`` frames (80 ms) is sampled by a few Euler steps of the rectified-flow DiT
+(``engine.motion.dit``) from seeded noise, conditioned on
+
+- the audio window: the ``audio_past`` (8) frames before the hop, the hop, and ``L = 2`` frames
+  (80 ms) of lookahead — exactly what ``MotionModel.step`` is handed, plus its own history;
+- the rolling buffer of the last ``K`` (16) frames it generated (EMO's motion frames), so hops
+  join without pops and head/brow/blink motion continues smoothly;
+- the controls: head-motion intensity, head speed, expressiveness;
+- the blink clock: time since the last blink onset in its own output (the one piece of history
+  older than the buffer that matters: blinks come at a rhythm, not at random).
+
+A call may ask for any number of frames: they are made in hops of 2 (1 for a trailing odd frame,
+with the missing lookahead frame marked as such), so chunking a stream in multiples of 2
+frames gives exactly the frames :func:`engine.motion.generate` gives. The noise of every hop is
+drawn from one generator seeded by ``controls.seed``: same seed, same motion; other seeds move
+the head, brows and blinks differently while the lips stay on the audio.
+
+Weights are safetensors files with the config and sampling defaults in their metadata:
+``engine/motion/weights/{teacher,student}.safetensors``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
+from engine.motion.dit import DiTConfig, MotionDiT
+from engine.motion.sampler import time_grid
+from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BLINK_CLOCK_S = 6.0  # the blink clock saturates here: "a long time ago"
+BLINK_ONSET = 0.5
+BLINK_INDEX = INDEX["eyeBlinkLeft"]
+
+
+def blink_clock(frames_since_onset: np.ndarray | float, fps: float = 25.0) -> np.ndarray | float:
+    """Time since the last blink onset as the model input in [0, 1] (1 = 6 s or more, or never)."""
+    return np.minimum(np.asarray(frames_since_onset, np.float64) / fps, BLINK_CLOCK_S) / BLINK_CLOCK_S
+
+
+def frames_since_blink_onset(blink: np.ndarray, start: float = 1e6) -> np.ndarray:
+    """For each frame t: frames since the last onset (eyeBlinkLeft crossing 0.5 upward) before t."""
+    blink = np.asarray(blink)
+    out = np.empty(len(blink), np.float64)
+    since = start
+    previous = 0.0
+    for t, value in enumerate(blink):
+        out[t] = since
+        since = 0.0 if (value >= BLINK_ONSET > previous) else since + 1.0
+        previous = value
+    return out
+
+
+def save_model(model: MotionDiT, path: str | Path, *, kind: str, steps: int, extra: dict | None = None) -> None:
+    """Write weights + config + default step count as one safetensors file."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"config": model.cfg.to_json(), "kind": kind, "steps": str(steps), "format": "emolive-motion-dit-1"}
+    if extra:
+        meta["extra"] = json.dumps(extra, sort_keys=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_model(path: str | Path) -> tuple[MotionDiT, dict]:
+    """(model in eval mode, metadata) from a safetensors file written by :func:`save_model`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"motion weights not found: {path}")
+    with safe_open(str(path), "pt") as handle:
+        meta = dict(handle.metadata() or {})
+    model = MotionDiT(DiTConfig.from_json(meta["config"]))
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, meta
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str) -> tuple[MotionDiT, dict]:
+    return load_model(path)
+
+
+class DiffusionMotion:
+    """Streaming DiT motion (teacher or distilled student). Implements MotionModel."""
+
+    lookahead_frames = 2
+
+    def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.model = model
+        self.cfg = model.cfg
+        if self.cfg.lookahead != self.lookahead_frames:
+            raise ValueError(f"model lookahead {self.cfg.lookahead} != {self.lookahead_frames}")
+        self.steps = steps
+        self.name = name
+        self.speed = speed
+        self._grid = time_grid(steps)
+        self.start(MotionControls())
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, steps: int | None = None, name: str | None = None,
+                  speed: float = 1.0) -> "DiffusionMotion":
+        model, meta = _cached(str(Path(path).resolve()))
+        return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"), speed=speed)
+
+    def start(self, controls: MotionControls) -> None:
+        cfg = self.cfg
+        self._controls = controls
+        self._rng = np.random.Generator(np.random.PCG64(controls.seed))
+        with torch.no_grad():
+            rest = self.model.normalise(torch.zeros(NUM_CHANNELS)).numpy()
+        self._buffer = np.tile(rest, (cfg.past_frames, 1)).astype(np.float32)  # normalised past frames
+        self._audio = np.full((cfg.audio_past, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)
+        self._ctrl = [controls.head_motion, self.speed, controls.expressiveness]
+        self._since_onset = 1e6
+        self._last_blink = 0.0
+
+    def step(self, features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 3 or features.shape[1:] != (MELS_PER_FRAME, N_MELS):
+            raise ValueError(f"features must be (n + {self.lookahead_frames}, {MELS_PER_FRAME}, {N_MELS}), got {features.shape}")
+        count = len(features) - self.lookahead_frames
+        if count < 0:
+            raise ValueError(f"need at least {self.lookahead_frames} lookahead frames, got {len(features)}")
+        out = []
+        begin = 0
+        hop = self.cfg.hop_frames
+        while begin < count:
+            n = min(hop, count - begin)
+            out.append(self._hop(features[begin : begin + n + self.lookahead_frames], n))
+            begin += n
+        if not out:
+            return np.zeros((0, NUM_CHANNELS), np.float32)
+        return np.concatenate(out)
+
+    def _hop(self, window: np.ndarray, n: int) -> np.ndarray:
+        """``n`` (1 or 2) frames from the hop's features (n + lookahead frames)."""
+        cfg = self.cfg
+        missing = np.zeros(cfg.audio_frames, bool)
+        if n < cfg.hop_frames:
+            pad = np.full((cfg.hop_frames - n, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)
+            window = np.concatenate([window, pad])
+            missing[-(cfg.hop_frames - n) :] = True
+        audio = np.concatenate([self._audio, window])[None]
+        noise = self._rng.standard_normal((1, cfg.hop_frames, NUM_CHANNELS)).astype(np.float32)
+        model = self.model
+        with torch.inference_mode():
+            audio_tokens = model.encode_audio(torch.from_numpy(audio), torch.from_numpy(missing[None]) if n < cfg.hop_frames else None)
+            ctrl = torch.tensor([self._ctrl + [float(blink_clock(self._since_onset))]], dtype=torch.float32)
+            fixed, parts = model.context(torch.from_numpy(self._buffer[None]), audio_tokens, ctrl)
+            x = torch.from_numpy(noise)
+            for t, t_next in zip(self._grid[:-1], self._grid[1:]):
+                v = model.velocity(x, torch.full((1,), t), fixed, parts)
+                x = x + (t_next - t) * v
+            frames = model.denormalise(x)[0, :n].numpy()
+        frames = clip_frames(frames)
+        if self._controls.head_motion == 0.0:
+            frames[:, HEAD_SLICE] = 0.0
+        with torch.no_grad():
+            normed = model.normalise(torch.from_numpy(frames)).numpy()
+        for value in frames[:, BLINK_INDEX]:
+            self._since_onset = 0.0 if value >= BLINK_ONSET > self._last_blink else self._since_onset + 1.0
+            self._last_blink = float(value)
+        self._buffer = np.concatenate([self._buffer[n:], normed]).astype(np.float32)
+        self._audio = np.concatenate([self._audio, window[:n]])[-cfg.audio_past :]
+        return frames
+
+
+def default_weights(kind: str) -> Path:
+    return WEIGHTS_DIR / f"{kind}.safetensors"
+
+
+_ = math

@@ -1,0 +1,155 @@
+"""The training recipe: targets, augmentation, corpus, a smoke run of the whole pipeline, reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, clip_frames
+from training.tts import Phone, available_voices
+
+torch.set_num_threads(1)
+
+
+def _need(voice: str) -> None:
+    if voice not in available_voices():
+        pytest.skip(f"{voice} is not installed")
+
+
+def _phones(spec: str, step: float = 0.12) -> list[Phone]:
+    """'pau aa m aa pau' -> contiguous phones of ``step`` seconds each."""
+    return [Phone(s, i * step, (i + 1) * step) for i, s in enumerate(spec.split())]
+
+
+def test_lip_targets_close_bilabials_tuck_fv_and_round_oo() -> None:
+    from training.evaluate import jaw_gap
+    from training.targets import lip_tracks
+
+    phones = _phones("pau aa m aa pau aa f aa pau aa w uw pau")
+    frames = lip_tracks(phones, int(math.ceil(phones[-1].end * 25)))
+    centre = lambda p: int((p.start + p.end) / 2 * 25)  # noqa: E731
+    m, f, uw, w = phones[2], phones[6], phones[11], phones[10]
+    gap = jaw_gap(frames)
+    assert gap[centre(m)] < 0.02 and frames[centre(m), INDEX["mouthClose"]] == 1.0
+    assert gap[centre(phones[1])] > 0.5
+    assert frames[centre(f), INDEX["mouthRollLower"]] > 0.3
+    assert frames[centre(uw), INDEX["mouthPucker"]] > 0.4
+    # Rounding is anticipated: it starts before the w.
+    before_w = int(w.start * 25) - 1
+    assert frames[before_w, INDEX["mouthPucker"]] > 0.1
+    assert np.all(gap[: int(0.08 * 25)] < 0.05)  # leading silence: closed
+
+
+def test_targets_match_the_ground_truth_and_have_free_motion() -> None:
+    _need("flite:slt")
+    from training.evaluate import jaw_gap
+    from training.targets import Controls, motion_targets
+    from training.tts import synthesize
+    from training.visemes import openness
+
+    utt = synthesize("Bob, my papa bought a big map of Panama. Palm trees bob above the bay.", "flite:slt")
+    n = int(math.ceil(utt.duration * 25))
+    frames = motion_targets(utt.phones, utt.audio, utt.rate, n, Controls(), seed=3)
+    assert frames.shape == (n, NUM_CHANNELS)
+    np.testing.assert_array_equal(frames, clip_frames(frames))
+    assert np.corrcoef(jaw_gap(frames), openness(utt.phones, 25, n))[0, 1] > 0.85
+    still = motion_targets(utt.phones, utt.audio, utt.rate, n, Controls(head_motion=0.0), seed=3)
+    assert not np.any(still[:, HEAD_SLICE])
+    other = motion_targets(utt.phones, utt.audio, utt.rate, n, Controls(), seed=4)
+    assert not np.allclose(frames[:, HEAD_SLICE], other[:, HEAD_SLICE])
+    np.testing.assert_array_equal(frames[:, INDEX["jawOpen"]], other[:, INDEX["jawOpen"]])
+
+
+def test_free_motion_blinks_10_to_30_a_minute_head_within_5_degrees() -> None:
+    from training.targets import Controls, free_motion
+
+    for seed in range(4):
+        frames = free_motion(60 * 25, Controls(), np.random.default_rng(seed))
+        blink = frames[:, INDEX["eyeBlinkLeft"]]
+        onsets = int(np.sum((blink[1:] >= 0.5) & (blink[:-1] < 0.5)))
+        assert 10 <= onsets <= 30
+        rotations = np.degrees(np.abs(frames[:, :3]))
+        assert rotations.max() <= 5.0
+
+
+def test_augmentation_is_seeded_and_keeps_timing() -> None:
+    _need("flite:slt")
+    from training.augment import augment
+    from training.tts import synthesize
+
+    utt = synthesize("Maybe a bumpy bus ride calms my mind.", "flite:slt")
+    for seed in range(6):
+        a, sa = augment(utt.audio, utt.rate, np.random.default_rng(seed))
+        b, sb = augment(utt.audio, utt.rate, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
+        assert sa == sb
+        assert np.isfinite(a).all() and np.abs(a).max() <= 1.0
+        assert abs(len(a) / 16000 - utt.duration * sa) < 0.05
+
+
+def test_corpus_plan_holds_out_voices_and_a_language() -> None:
+    from training.corpus import HELD_OUT_LANGUAGE, HELD_OUT_VOICES, plan_corpus
+
+    plan = plan_corpus(400, seed=0, eval_per_group=2)
+    train_voices = {j.voice for j in plan.train}
+    assert not train_voices & set(HELD_OUT_VOICES)
+    assert not any(v.partition(":")[2].partition("+")[0] == HELD_OUT_LANGUAGE for v in train_voices)
+    assert {j.group for j in plan.eval} == set(HELD_OUT_VOICES) | {HELD_OUT_LANGUAGE}
+    assert not {j.text for j in plan.eval} & {j.text for j in plan.train}
+    again = plan_corpus(400, seed=0, eval_per_group=2)
+    assert [(j.voice, j.text, j.seed) for j in again.train] == [(j.voice, j.text, j.seed) for j in plan.train]
+    assert len({v.partition(":")[0] for v in train_voices}) == 3  # flite, festival, espeak-ng
+
+
+def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
+    _need("flite:slt")
+    from engine.audio import log_mel, video_frame_features
+    from engine.motion import generate
+    from engine.motion.diffusion import DiffusionMotion
+    from engine.motion_space import MotionControls
+    from training.recipe import run_recipe
+
+    metrics = run_recipe(tmp_path, seed=0, scale="smoke", log=lambda _: None)
+    tr = metrics["training"]
+    assert tr["teacher_loss_last"] < 0.8 * tr["teacher_loss_first"]
+    assert tr["student_loss_last"] < tr["student_loss_first"]
+    for kind in ("teacher", "student"):
+        path = tmp_path / "weights" / f"{kind}.safetensors"
+        assert 0 < path.stat().st_size <= 20 * 1024 * 1024
+        model = DiffusionMotion.from_file(path)
+        t = np.arange(32000) / 16000
+        feats = video_frame_features(log_mel((0.3 * np.sin(2 * np.pi * 150 * t) * (t > 0.5)).astype(np.float32)))
+        frames = generate(model, feats, MotionControls()).frames
+        assert frames.shape == (len(feats), NUM_CHANNELS)
+        assert np.isfinite(frames).all()
+        np.testing.assert_array_equal(frames, clip_frames(frames))
+    assert set(metrics["models"]) == {"baseline", "teacher", "student"}
+    assert "| student |" in metrics["table"]
+
+
+def test_training_is_reproducible(tmp_path) -> None:
+    _need("flite:slt")
+    from engine.motion.dit import DiTConfig
+    from training.corpus import build_corpus, load_corpus
+    from training.dataset import WindowSampler, channel_stats
+    from training.train import TrainConfig, train_teacher
+
+    runs = []
+    for k in range(2):
+        paths = build_corpus(tmp_path / f"c{k}", 6, seed=11, copies=1, workers=1, eval_per_group=0, log=lambda _: None)
+        corpus = load_corpus(paths["train"])
+        cfg = DiTConfig(past_frames=8, audio_hidden=16, d_model=32, depth=1, heads=2)
+        mean, std = channel_stats(corpus.targets)
+        sampler = WindowSampler(corpus, cfg, mean, std, seed=11)
+        model, hist = train_teacher(sampler, cfg, mean, std, TrainConfig(steps=8, batch=16, warmup=2, seed=11),
+                                    log=lambda _: None)
+        runs.append((corpus, model, hist))
+    (c0, m0, h0), (c1, m1, h1) = runs
+    np.testing.assert_array_equal(c0.features, c1.features)
+    np.testing.assert_array_equal(c0.targets, c1.targets)
+    assert h0.losses == h1.losses
+    for (k, a), (_, b) in zip(m0.state_dict().items(), m1.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -1,0 +1,515 @@
+"""The training corpus: synthesised speech with exact phone timings -> (features, motion) pairs.
+
+Text comes only from what Debian packages ship (``fortunes-min``, ``fortunes-de``/``-es``/``-it``,
+the ``w*`` word lists) and from sentences written here to cover the phone inventory (bilabials,
+labiodentals, rounded vowels, affricates) plus pseudo-words in the spelling of each language
+that has no text package. Voices (``training.tts``; MBROLA and svox-pico are non-free and never
+used):
+
+- train: flite ``slt``, ``kal``, ``kal16``; festival ``kal_diphone``; espeak-ng English
+  (several accents) and ~25 other Latin-script languages, each with random voice variants;
+- held out, evaluation only: flite ``awb`` and ``rms``, festival ``cmu_us_slt_arctic_hts``
+  (the only HTS voice) and the whole Italian language (espeak-ng ``it`` with three variants,
+  text from ``fortunes-it``). No held-out voice or language is ever synthesised for training,
+  and the English evaluation sentences are disjoint from the training sentences.
+
+Each training utterance is augmented (``training.augment``) into ``copies`` versions, each with
+its own seeded motion targets (``training.targets``) and controls. Everything is seeded from
+one integer: the same seed gives the same corpus, byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import log_mel, video_frame_features
+from engine.motion_space import FPS
+from training.augment import augment, to_16k
+from training.targets import Controls, motion_targets
+from training.tts import Phone, TTSError, Utterance, synthesize
+
+FORTUNES = Path("/usr/share/games/fortunes")
+DICT = Path("/usr/share/dict")
+
+HELD_OUT_VOICES = ("flite:awb", "flite:rms", "festival:cmu_us_slt_arctic_hts")
+HELD_OUT_LANGUAGE = "it"
+HELD_OUT_LANGUAGE_VOICES = ("espeak-ng:it", "espeak-ng:it+f3", "espeak-ng:it+m3")
+
+ENGLISH_VOICES = ("flite:slt", "flite:kal", "flite:kal16", "festival:kal_diphone")
+ESPEAK_ENGLISH = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-rp", "en-gb-x-gbclan")
+# Languages with real text in a Debian package (fortunes or word lists).
+ESPEAK_TEXT_LANGUAGES = {"de": "fortunes:de", "es": "fortunes:es", "fr-fr": "dict:french", "nl": "dict:dutch",
+                         "pl": "dict:polish", "pt": "dict:portuguese", "pt-br": "dict:portuguese", "sv": "dict:swedish"}
+# Languages read from pseudo-words spelled with their own letters (rules produce their phones).
+ESPEAK_PSEUDO_LANGUAGES = ("cs", "fi", "hu", "tr", "ro", "id", "sw", "hr", "sk", "da", "nb", "ca", "eu", "cy",
+                           "lv", "lt", "et", "af", "eo", "ms", "sl", "sq", "is", "mt", "haw", "mi")
+VARIANTS = ("", "", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
+            "+klatt", "+klatt2", "+klatt3", "+croak", "+iven", "+benjamin", "+linda", "+steph", "+john")
+
+# Written for this project: sentences dense in the visemes that matter most to a viewer.
+COVER_SENTENCES = (
+    "Bob, my papa bought a big map of Panama.",
+    "Mom and Pam baked apple pie, and I am happy.",
+    "Maybe a bumpy bus ride calms my mind.",
+    "Palm trees bob above the bay.",
+    "Five vivid violets flowered in the valley of fog.",
+    "Who would want two blue boots on a cool moon?",
+    "Show me the shop where she chose the cheap shoes.",
+    "The thick thistles threw their thorns at the path.",
+    "Judge Jones jogged past the huge orange church.",
+    "We were wondering where the wet wool went.",
+    "Peter Piper picked a peck of pickled peppers.",
+    "A big black bug bit a big black bear.",
+    "Over the rainbow, far away, the blue boat floats.",
+    "Measure the pleasure of the azure lake at noon.",
+    "I saw a sunny summer morning by the sea.",
+    "Please pass the bread and the butter, Bill.",
+    "Every few weeks, Fred fixes the old van.",
+    "You should move your food off the blue spoon.",
+    "My brother Ben plays bass in a brass band.",
+    "Yes, the young yak yawned in the yellow yard.",
+    "How now, brown cow, out of the house and down the town.",
+    "Ruth rarely reads the rules of the royal room.",
+    "Ahh, oh, ooh, ee, eh: all the vowels of the world.",
+    "The mob moved the mop by the pump in the pub.",
+    "Buy me a baby puppy, please, papa.",
+    "Voodoo food was a whoopee for the crew.",
+    "A quick zebra zips past the lazy fox.",
+    "Sixty-six sheep sleep in the shed beside the shore.",
+)
+# Held-out English sentences (evaluation only), also written here: never in the training text.
+EVAL_SENTENCES = (
+    "Bob, my papa bought a big map of Panama, and palm trees bob above the bay.",
+    "Mom baked a plum pie, then Pam made a pumpkin mousse for the members.",
+    "Maybe a bumpy bus ride by the beach will calm my mind before the probe.",
+    "The lamp beams upon a damp blue map by my bed.",
+    "Please bring me both bubbly and plain water from the market, Bob.",
+    "Every morning, my brother paints pebbles, boats and maple leaves.",
+    "A famous problem may be simple, but the proof must be complete.",
+    "Perhaps the umpire will pause the match if the members complain.",
+    "Biology is impossible without many maps, tables and samples.",
+    "My neighbour's puppy jumped into the swimming pool with a bump.",
+    "Imagine the empire built by people who simply stop and ponder.",
+    "Ample amounts of maple syrup, apples and plums make me happy.",
+)
+EVAL_ITALIAN_SENTENCES = (
+    "Il mio babbo ha comprato una mappa del mondo per la bambina.",
+    "Piano piano, la pioggia bagna i campi e le piante di pomodoro.",
+    "Mamma mia, che bella primavera sul mare di Palermo.",
+    "Il bambino mangia una mela e beve una bibita fresca.",
+    "Amo ballare sotto la luna piena con gli amici.",
+    "Per favore, passami il pane e il burro, Paolo.",
+)
+
+_WORD_CHARS = re.compile(r"^[^\W\d_]+(?:['’-][^\W\d_]+)*$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One utterance to synthesise: its voice, text and seed; split 'train' or 'eval'."""
+
+    index: int
+    voice: str
+    text: str
+    seed: int
+    split: str = "train"
+    group: str = ""  # evaluation group: the held-out voice, or 'it' for the language
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _fortune_sentences(paths: Iterable[Path]) -> list[str]:
+    """Sentences of 4-22 words from fortune files, attributions and odd lines dropped."""
+    sentences: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        raw = path.read_bytes().decode("utf-8", "replace")
+        for entry in raw.split("\n%\n"):
+            lines = [ln.strip() for ln in entry.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+            text = re.sub(r"(^|\s)[QA]:\s*", " ", " ".join(lines)).strip()
+            if any(ch in text for ch in "<>{}[]|\\#@$^*=_~`") or "http" in text:
+                continue
+            for sent in re.split(r"(?<=[.!?])\s+", text):
+                words = sent.split()
+                if 4 <= len(words) <= 22 and sum(c.isalpha() for c in sent) > 0.7 * len(sent.replace(" ", "")):
+                    sentences.append(sent.strip(" \"'"))
+    return sorted(set(sentences))
+
+
+def _words(name: str) -> list[str]:
+    path = DICT / name
+    if not path.is_file():
+        return []
+    words = path.read_text("utf-8", "replace").split()
+    return sorted({w for w in words if _WORD_CHARS.match(w) and 2 <= len(w) <= 12 and not w.isupper()})
+
+
+def english_sentences() -> list[str]:
+    names = ["fortunes", "literature", "riddles", "people", "wisdom", "humorists", "work", "science", "art", "food"]
+    sentences = _fortune_sentences(FORTUNES / n for n in names)
+    held = {s.lower() for s in EVAL_SENTENCES}
+    return [s for s in sentences if s.lower() not in held]
+
+
+def language_sentences(source: str) -> list[str]:
+    kind, _, name = source.partition(":")
+    if kind == "fortunes":
+        folder = FORTUNES / name
+        files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix not in (".dat", ".u8"))
+        utf8 = sorted(p for p in folder.glob("*.u8"))
+        return _fortune_sentences(utf8 or files)
+    return []
+
+
+def _word_salad(words: list[str], rng: random.Random) -> str:
+    n = rng.randint(4, 12)
+    text = " ".join(rng.choice(words) for _ in range(n))
+    if n > 7 and rng.random() < 0.6:
+        cut = rng.randint(3, n - 3)
+        parts = text.split()
+        text = " ".join(parts[:cut]) + ", " + " ".join(parts[cut:])
+    return text[0].upper() + text[1:] + rng.choice([".", ".", "?", "!"])
+
+
+# Letters each pseudo-word language spells with (its own orthography, so espeak's rules apply).
+_PSEUDO_LETTERS = {
+    "default": ("aeiou", "bcdfghjklmnprstvz"),
+    "cs": ("aeiouyáéíóúůý", "bcčdďfghjklmnňprřsštťvzž"), "sk": ("aeiouyáäéíóôú", "bcčdďfghjklľmnňprsštťvzž"),
+    "fi": ("aeiouyäö", "dhjklmnprstv"), "et": ("aeiouõäöü", "dghjklmnprstv"), "hu": ("aeiouáéíóöőúüű", "bcdfghjklmnprstvz"),
+    "tr": ("aeıioöuü", "bcçdfgğhjklmnprsştvyz"), "ro": ("aeiouăâî", "bcdfghjlmnprsștțvz"), "pl": ("aeiouyąę", "bcćdfghjklłmnńprsśtwzźż"),
+    "lv": ("aeiouāēīū", "bcčdfgģjkķlļmnņprsštvzž"), "lt": ("aeiouyąęėįųū", "bcčdfghjklmnprsštvzž"),
+    "hr": ("aeiou", "bcčćdđfghjklmnprsštvzž"), "sl": ("aeiou", "bcčdfghjklmnprsštvzž"), "da": ("aeiouyæøå", "bdfghjklmnprstv"),
+    "nb": ("aeiouyæøå", "bdfghjklmnprstv"), "is": ("aeiouyáéíóúýæö", "bdðfghjklmnprstvþ"), "cy": ("aeiouwy", "bcdfghllmnprstdd"),
+    "haw": ("aeiou", "hklmnpw"), "mi": ("aeiou", "hkmnprtw"), "sw": ("aeiou", "bdfghjklmnprstvwyz"), "eu": ("aeiou", "bdfgjklmnprstxz"),
+}
+
+
+def _pseudo_text(lang: str, rng: random.Random) -> str:
+    vowels, consonants = _PSEUDO_LETTERS.get(lang, _PSEUDO_LETTERS["default"])
+    words = []
+    for _ in range(rng.randint(4, 10)):
+        syllables = rng.choice([1, 2, 2, 3, 3, 4])
+        w = ""
+        for _ in range(syllables):
+            if rng.random() < 0.85:
+                w += rng.choice(consonants)
+            w += rng.choice(vowels)
+            if rng.random() < 0.25:
+                w += rng.choice(consonants)
+        words.append(w)
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + "."
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class CorpusPlan:
+    train: list[Job] = field(default_factory=list)
+    eval: list[Job] = field(default_factory=list)
+
+
+def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan:
+    """Which voice says which text: ~45 % English (flite/festival/espeak), the rest espeak languages."""
+    rng = random.Random(seed)
+    english = english_sentences()
+    rng.shuffle(english)
+    cover = list(COVER_SENTENCES)
+    lang_text = {lang: language_sentences(src) for lang, src in ESPEAK_TEXT_LANGUAGES.items()}
+    lang_words = {lang: _words(src.partition(":")[2]) for lang, src in ESPEAK_TEXT_LANGUAGES.items() if src.startswith("dict:")}
+    english_words = _words("american-english")
+    plan = CorpusPlan()
+    e_iter = iter(english)
+    for i in range(n_train):
+        u = rng.random()
+        if u < 0.28:  # flite / festival English
+            voice = ENGLISH_VOICES[rng.randrange(len(ENGLISH_VOICES))]
+            if voice.startswith("festival") and rng.random() < 0.5:  # festival is slow: keep it a minority
+                voice = "flite:kal16"
+        elif u < 0.5:
+            voice = f"espeak-ng:{rng.choice(ESPEAK_ENGLISH)}{rng.choice(VARIANTS)}"
+        elif u < 0.78:
+            lang = rng.choice(sorted(ESPEAK_TEXT_LANGUAGES))
+            voice = f"espeak-ng:{lang}{rng.choice(VARIANTS)}"
+        else:
+            lang = rng.choice(ESPEAK_PSEUDO_LANGUAGES)
+            voice = f"espeak-ng:{lang}{rng.choice(VARIANTS)}"
+        lang = voice.partition(":")[2].partition("+")[0]
+        if voice.startswith(("flite", "festival")) or lang.startswith("en"):
+            r = rng.random()
+            if r < 0.12:
+                text = rng.choice(cover)
+            elif r < 0.27 and english_words:
+                text = _word_salad(english_words, rng)
+            else:
+                text = next(e_iter, None) or _word_salad(english_words, rng)
+        elif lang in lang_text and lang_text[lang] and rng.random() < 0.85:
+            text = rng.choice(lang_text[lang])
+        elif lang in lang_words and lang_words[lang]:
+            text = _word_salad(lang_words[lang], rng)
+        else:
+            text = _pseudo_text(lang, rng)
+        plan.train.append(Job(i, voice, text, seed * 1_000_003 + i))
+    # Evaluation: held-out voices on held-out English sentences; the held-out language.
+    k = n_train
+    italian = language_sentences("fortunes:it")
+    rng_eval = random.Random(seed + 1)
+    rng_eval.shuffle(italian)
+    for voice in HELD_OUT_VOICES:
+        for j in range(eval_per_group):
+            plan.eval.append(Job(k, voice, EVAL_SENTENCES[j % len(EVAL_SENTENCES)], seed * 7 + k, "eval", voice))
+            k += 1
+    it_texts = list(EVAL_ITALIAN_SENTENCES) + [s for s in italian if 6 <= len(s.split()) <= 16]
+    for j in range(eval_per_group):
+        voice = HELD_OUT_LANGUAGE_VOICES[j % len(HELD_OUT_LANGUAGE_VOICES)]
+        plan.eval.append(Job(k, voice, it_texts[j % len(it_texts)], seed * 7 + k, "eval", HELD_OUT_LANGUAGE))
+        k += 1
+    return plan
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+
+def _scaled(phones: list[Phone], factor: float, duration: float) -> list[Phone]:
+    out = [Phone(p.symbol, p.start * factor, p.end * factor) for p in phones]
+    last = out[-1]
+    out[-1] = Phone(last.symbol, last.start, max(last.start, duration))
+    return out
+
+
+def _random_controls(rng: np.random.Generator) -> Controls:
+    def pick(default: float, lo: float, hi: float) -> float:
+        return default if rng.random() < 0.35 else float(rng.uniform(lo, hi))
+
+    return Controls(head_motion=pick(1.0, 0.0, 2.0), speed=pick(1.0, 0.5, 2.0), expressiveness=pick(1.0, 0.0, 2.0))
+
+
+def synth_job(job: Job, copies: int) -> list[dict] | None:
+    """Synthesise one job; train jobs give ``copies`` augmented clips, eval jobs one clean clip."""
+    try:
+        utt = synthesize(job.text, job.voice)
+    except (TTSError, ValueError):
+        return None
+    if utt.duration < 0.6 or utt.duration > 14.0:
+        return None
+    if job.voice.startswith("espeak-ng:"):
+        utt.phones = repair_espeak_phones(utt.phones, utt.audio, utt.rate)
+    rng = np.random.default_rng(job.seed)
+    out = []
+    if job.split == "eval":
+        audio = to_16k(utt.audio, utt.rate)
+        out.append(_clip(job, utt, audio, utt.phones, Controls(), int(rng.integers(2**31))))
+        return out
+    for c in range(copies):
+        audio, stretch = augment(utt.audio, utt.rate, rng, clean_prob=0.3 if c == 0 else 0.1)
+        phones = _scaled(utt.phones, stretch, len(audio) / 16000) if stretch != 1.0 else utt.phones
+        out.append(_clip(job, utt, audio, phones, _random_controls(rng), int(rng.integers(2**31))))
+    return out
+
+
+def _clip(job: Job, utt: Utterance, audio16k: np.ndarray, phones: list[Phone], controls: Controls, seed: int) -> dict:
+    features = video_frame_features(log_mel(audio16k))
+    n = len(features)
+    targets = motion_targets(phones, audio16k, 16000, n, controls, seed)
+    clip = {
+        "features": features.astype(np.float16),
+        "targets": targets.astype(np.float32),
+        "controls": controls.vector(),
+        "voice": job.voice,
+        "text": job.text,
+        "group": job.group,
+        "split": job.split,
+        "phones": [(p.symbol, p.start, p.end) for p in phones],
+    }
+    if job.split == "eval":
+        clip["audio"] = audio16k.astype(np.float32)
+    return clip
+
+
+def _work(args: tuple[Job, int]) -> list[dict] | None:
+    import torch
+
+    torch.set_num_threads(1)
+    return synth_job(*args)
+
+
+def run_jobs(jobs: list[tuple[Job, int]], workers: int = 2, log=print) -> list[list[dict] | None]:
+    """``synth_job`` over jobs, each in a fresh worker process.
+
+    libespeak-ng keeps state from one utterance to the next (voice variants, the Klatt noise
+    generator), so the same text can come out a few samples different depending on what the
+    process spoke before; a fresh process per utterance makes the corpus depend on the seed only.
+    """
+    results: list[list[dict] | None] = []
+    with get_context("fork").Pool(max(1, workers), maxtasksperchild=1) as pool:
+        for i, r in enumerate(pool.imap(_work, jobs, chunksize=1)):
+            results.append(r)
+            if (i + 1) % 200 == 0:
+                log(f"corpus: {i + 1}/{len(jobs)} utterances")
+    return results
+
+
+def build_corpus(out_dir: Path, n_train: int, seed: int, copies: int = 2, workers: int = 2,
+                 eval_per_group: int = 12, log=print) -> dict[str, Path]:
+    """Synthesise, augment and label the corpus into ``out_dir`` (train.npz, eval.npz). Returns paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_corpus(n_train, seed, eval_per_group)
+    jobs = [(j, copies) for j in plan.train + plan.eval]
+    results = run_jobs(jobs, workers, log)
+    train = [c for r, (j, _) in zip(results, jobs) if r and j.split == "train" for c in r]
+    evals = [c for r, (j, _) in zip(results, jobs) if r and j.split == "eval" for c in r]
+    paths = {"train": out_dir / "train.npz", "eval": out_dir / "eval.npz"}
+    _save(paths["train"], train)
+    _save(paths["eval"], evals)
+    seconds = sum(len(c["targets"]) for c in train) / FPS
+    log(f"corpus: {len(train)} training clips ({seconds / 60:.1f} min of audio), {len(evals)} evaluation clips")
+    return paths
+
+
+def _save(path: Path, clips: list[dict]) -> None:
+    lengths = np.array([len(c["targets"]) for c in clips], np.int64)
+    payload = {
+        "lengths": lengths,
+        "features": np.concatenate([c["features"] for c in clips]) if clips else np.zeros((0, 4, 80), np.float16),
+        "targets": np.concatenate([c["targets"] for c in clips]) if clips else np.zeros((0, 35), np.float32),
+        "controls": np.stack([c["controls"] for c in clips]) if clips else np.zeros((0, 3), np.float32),
+        "voice": np.array([c["voice"] for c in clips]),
+        "text": np.array([c["text"] for c in clips]),
+        "group": np.array([c["group"] for c in clips]),
+        "phones": np.array([repr(c["phones"]) for c in clips]),
+    }
+    if clips and "audio" in clips[0]:
+        payload["audio_lengths"] = np.array([len(c["audio"]) for c in clips], np.int64)
+        payload["audio"] = np.concatenate([c["audio"] for c in clips])
+    np.savez(path, **payload)
+
+
+@dataclass
+class Corpus:
+    """A saved corpus split, clips concatenated along time."""
+
+    features: np.ndarray  # (N, 4, 80) float16
+    targets: np.ndarray  # (N, C) float32
+    lengths: np.ndarray  # (clips,)
+    controls: np.ndarray  # (clips, 3)
+    voice: np.ndarray
+    text: np.ndarray
+    group: np.ndarray
+    phones: list[list[Phone]]
+    audio: list[np.ndarray] | None = None
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)])
+
+    def clip(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.features[a:b].astype(np.float32), self.targets[a:b]
+
+
+def load_corpus(path: Path) -> Corpus:
+    import ast
+
+    with np.load(path, allow_pickle=False) as z:
+        phones = [[Phone(s, float(a), float(b)) for s, a, b in ast.literal_eval(str(p))] for p in z["phones"]]
+        audio = None
+        if "audio" in z:
+            ends = np.cumsum(z["audio_lengths"])
+            audio = np.split(z["audio"], ends[:-1])
+        return Corpus(z["features"], z["targets"], z["lengths"], z["controls"], z["voice"], z["text"], z["group"], phones, audio)
+
+
+def phone_inventory(corpus: Corpus) -> dict[str, float]:
+    """Seconds of each phone in a corpus."""
+    seconds: dict[str, float] = {}
+    for phones in corpus.phones:
+        for p in phones:
+            seconds[p.symbol] = seconds.get(p.symbol, 0.0) + p.duration
+    return dict(sorted(seconds.items(), key=lambda kv: -kv[1]))
+
+
+def _stats_line(c: Corpus) -> str:
+    return f"{len(c.lengths)} clips, {c.lengths.sum() / FPS / 60:.1f} min"
+
+
+if __name__ == "__main__":  # pragma: no cover - handy for inspection
+    import sys
+
+    plan = plan_corpus(int(sys.argv[1]) if len(sys.argv) > 1 else 20, 0)
+    for j in plan.train[:40] + plan.eval[:6]:
+        print(j.voice, "|", j.text)
+    _ = math
+
+
+def repair_pauses(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
+    """Voiced 'pau' segments inside speech become part of the phone before them.
+
+    espeak-ng reports some phonemes with no IPA name (vowel transitions, linking sounds) with an
+    empty name, which ``training.tts`` reads as silence; real pauses are quiet, these are not.
+    A 'pau' whose RMS is over 12 % of the utterance's loud level (90th percentile of 10 ms RMS)
+    is merged into the phone before it.
+    """
+    x = np.asarray(audio, np.float64)
+    hop = max(1, rate // 100)
+    frames = len(x) // hop
+    if frames < 2:
+        return list(phones)
+    rms = np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1))
+    loud = float(np.percentile(rms, 90)) + 1e-9
+    out: list[Phone] = []
+    for p in phones:
+        a, b = int(p.start * 100), max(int(p.start * 100) + 1, int(p.end * 100))
+        level = float(rms[a:b].mean()) if a < frames else 0.0
+        if p.symbol == "pau" and out and out[-1].symbol != "pau" and level > 0.12 * loud:
+            out[-1] = Phone(out[-1].symbol, out[-1].start, p.end)
+        elif out and p.symbol == "pau" and out[-1].symbol == "pau":
+            out[-1] = Phone("pau", out[-1].start, p.end)
+        else:
+            out.append(p)
+    return out
+
+
+STOPS = frozenset({"p", "b", "t", "d", "k", "g", "ch", "jh"})
+
+
+def repair_stop_closures(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
+    """Give each stop its closure: espeak-ng fires a stop's phoneme event at the burst, so the
+    silent closure before it is counted in the phone before. The quiet run (10 ms RMS under 5 %
+    of the loud level) at the end of the phone before a stop is moved into the stop."""
+    x = np.asarray(audio, np.float64)
+    hop = max(1, rate // 100)
+    frames = len(x) // hop
+    if frames < 2:
+        return list(phones)
+    rms = np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1))
+    quiet = rms < 0.05 * (float(np.percentile(rms, 90)) + 1e-9)
+    out = list(phones)
+    for i in range(1, len(out)):
+        stop, prev = out[i], out[i - 1]
+        if stop.symbol not in STOPS or prev.symbol == "pau":
+            continue
+        k = min(frames, int(round(stop.start * 100)))
+        first = k
+        while first - 1 >= 0 and quiet[first - 1] and (first - 1) / 100 > prev.start + 0.03:
+            first -= 1
+        if first < k:
+            cut = first / 100
+            out[i - 1] = Phone(prev.symbol, prev.start, cut)
+            out[i] = Phone(stop.symbol, cut, stop.end)
+    return out
+
+
+def repair_espeak_phones(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
+    return repair_stop_closures(repair_pauses(phones, audio, rate), audio, rate)

@@ -1,0 +1,193 @@
+"""Lip-sync evaluation on held-out voices and language: ``emolive eval lipsync``.
+
+For every evaluation clip and every model (baseline, teacher, student):
+
+- **openness r**: Pearson r between the model's mouth opening — ``jawOpen × (1 − mouthClose)``,
+  the jaw gap as the renderer seals it — and the ground truth of ``training.visemes.openness``;
+- **closure recall**: the share of bilabial closures (runs of m/b/p ≥ 40 ms) during which the
+  mouth closes: some frame overlapping the closure has a jaw gap under 0.05 (7 % of a fully
+  open jaw);
+- **best A/V offset**: the lag (ms, sub-frame by a parabola through the correlation peak) that
+  maximises the correlation between model and ground truth; positive = the face is late.
+
+Reported per held-out group (each held-out voice, the held-out language) and overall (means
+over clips), with the student's ms per hop (one core) and the largest frame-to-frame jump at
+hop boundaries vs inside hops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.audio import log_mel, video_frame_features
+from engine.motion import MotionModel, generate
+from engine.motion_space import FPS, INDEX, MotionControls
+from training.tts import Phone
+from training.visemes import closure_intervals, openness
+
+CLOSED_GAP = 0.05
+MAX_LAG_FRAMES = 4
+
+
+def jaw_gap(frames: np.ndarray) -> np.ndarray:
+    """``jawOpen × (1 − mouthClose)``: how far the lips are apart, in jawOpen units."""
+    f = np.asarray(frames, np.float64)
+    return f[:, INDEX["jawOpen"]] * (1.0 - np.clip(f[:, INDEX["mouthClose"]], 0.0, 1.0))
+
+
+def closure_recall(gap: np.ndarray, phones: Sequence[Phone], fps: float = FPS) -> tuple[int, int]:
+    """(closures where the mouth closed, closures) for m/b/p runs ≥ 40 ms."""
+    lo = np.arange(len(gap)) / fps
+    hi = lo + 1.0 / fps
+    hits = total = 0
+    for start, end in closure_intervals(phones, 0.04):
+        frames = np.flatnonzero((hi > start) & (lo < end))
+        if not len(frames):
+            continue
+        total += 1
+        hits += bool(np.any(gap[frames] < CLOSED_GAP))
+    return hits, total
+
+
+def best_offset_ms(truth: np.ndarray, pred: np.ndarray, fps: float = FPS, max_lag: int = MAX_LAG_FRAMES) -> float:
+    """Lag (ms) of ``pred`` behind ``truth`` with the highest correlation; parabolic sub-frame peak."""
+    rs = []
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            a, b = truth[: len(truth) - lag], pred[lag:]
+        else:
+            a, b = truth[-lag:], pred[: len(pred) + lag]
+        n = min(len(a), len(b))
+        a, b = a[:n], b[:n]
+        rs.append(np.corrcoef(a, b)[0, 1] if n > 8 and a.std() > 0 and b.std() > 0 else -1.0)
+    rs = np.nan_to_num(np.array(rs), nan=-1.0)
+    k = int(np.argmax(rs))
+    offset = float(k - max_lag)
+    if 0 < k < len(rs) - 1:
+        denom = rs[k - 1] - 2 * rs[k] + rs[k + 1]
+        if denom < 0:
+            offset += 0.5 * (rs[k - 1] - rs[k + 1]) / denom
+    return 1000.0 * offset / fps
+
+
+@dataclass
+class ClipScore:
+    group: str
+    r: float
+    closures_hit: int
+    closures: int
+    offset_ms: float
+
+
+@dataclass
+class ModelScores:
+    name: str
+    clips: list[ClipScore] = field(default_factory=list)
+    boundary_jump: float = float("nan")
+    inside_jump: float = float("nan")
+
+    def groups(self) -> list[str]:
+        return sorted({c.group for c in self.clips})
+
+    def summary(self, group: str | None = None) -> tuple[float, float, float]:
+        cs = [c for c in self.clips if group is None or c.group == group]
+        r = float(np.mean([c.r for c in cs]))
+        hits = sum(c.closures_hit for c in cs)
+        total = sum(c.closures for c in cs)
+        offset = float(np.median([c.offset_ms for c in cs]))
+        return r, hits / max(1, total), offset
+
+
+def score_track(frames: np.ndarray, phones: Sequence[Phone], group: str) -> ClipScore:
+    n = len(frames)
+    truth = openness(phones, FPS, n)
+    gap = jaw_gap(frames)
+    r = float(np.corrcoef(truth, gap)[0, 1]) if gap.std() > 0 else 0.0
+    hits, total = closure_recall(gap, phones)
+    return ClipScore(group, r, hits, total, best_offset_ms(truth, gap))
+
+
+def hop_jumps(frames: np.ndarray, hop: int = 2) -> tuple[float, float]:
+    """Largest frame-to-frame change (max over channels, blink channels excluded: blinks are
+    meant to be fast) between the last frame of one hop and the first of the next vs inside hops."""
+    keep = [i for i in range(frames.shape[1]) if "eyeBlink" not in _name(i)]
+    d = np.abs(np.diff(frames[:, keep], axis=0)).max(axis=1)
+    # d[i] is the change from frame i to i + 1: a boundary when i + 1 starts a hop.
+    boundary = (np.arange(len(d)) + 1) % hop == 0
+    return float(d[boundary].max(initial=0.0)), float(d[~boundary].max(initial=0.0))
+
+
+def _name(i: int) -> str:
+    from engine.motion_space import CHANNELS
+
+    return CHANNELS[i]
+
+
+def evaluate_models(models: dict[str, MotionModel], clips: Sequence[tuple[np.ndarray, list[Phone], str]],
+                    seed: int = 0, log=print) -> dict[str, ModelScores]:
+    """Score each model on (16 kHz audio, phones, group) clips."""
+    features = [video_frame_features(log_mel(audio)) for audio, _, _ in clips]
+    results: dict[str, ModelScores] = {}
+    for name, model in models.items():
+        scores = ModelScores(name)
+        tracks = []
+        for feats, (_, phones, group) in zip(features, clips):
+            track = generate(model, feats, MotionControls(seed=seed)).frames
+            tracks.append(track)
+            scores.clips.append(score_track(track, phones, group))
+        jumps = [hop_jumps(t) for t in tracks]
+        scores.boundary_jump = max(j[0] for j in jumps)
+        scores.inside_jump = max(j[1] for j in jumps)
+        results[name] = scores
+        r, rec, off = scores.summary()
+        log(f"eval {name}: r {r:.3f} closure recall {rec:.3f} offset {off:+.0f} ms")
+    return results
+
+
+def ms_per_hop(model: MotionModel, seconds: float = 8.0, seed: int = 0) -> float:
+    """Median wall-clock ms of one 2-frame hop (80 ms of audio) of ``model`` on speech-like input."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(seed)
+        t = np.arange(int(seconds * 16000)) / 16000
+        audio = (0.3 * np.sin(2 * np.pi * 140 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
+                 + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+        feats = video_frame_features(log_mel(audio))
+        model.start(MotionControls(seed=seed))
+        times = []
+        la = model.lookahead_frames
+        for begin in range(0, len(feats) - 2 - la, 2):
+            t0 = time.perf_counter()
+            model.step(feats[begin : begin + 2 + la])
+            times.append(time.perf_counter() - t0)
+        return 1000.0 * float(np.median(times[5:] if len(times) > 10 else times))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def markdown_table(results: dict[str, ModelScores], hop_ms: dict[str, float] | None = None) -> str:
+    """The results as a markdown table: one row per model and group, then overall."""
+    names = list(results)
+    groups = results[names[0]].groups()
+    lines = ["| model | group | openness r | closure recall | best offset (ms) |", "|---|---|---:|---:|---:|"]
+    for name in names:
+        s = results[name]
+        for g in groups + [None]:
+            r, rec, off = s.summary(g)
+            label = g if g is not None else "**overall**"
+            lines.append(f"| {name} | {label} | {r:.3f} | {rec:.3f} | {off:+.0f} |")
+    lines.append("")
+    lines.append("| model | largest jump at hop boundaries | largest jump inside hops | ms per 2-frame hop (1 core) |")
+    lines.append("|---|---:|---:|---:|")
+    for name in names:
+        s = results[name]
+        hop = f"{hop_ms[name]:.2f}" if hop_ms and name in hop_ms else "–"
+        lines.append(f"| {name} | {s.boundary_jump:.3f} | {s.inside_jump:.3f} | {hop} |")
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The whole recipe in one call: corpus -> teacher -> student -> evaluation -> weights + model card.
+
+``emolive train`` (or ``python -m training.recipe``) runs it. Two scales:
+
+- ``full``: the shipped model (about 45-60 minutes on 2 CPU cores);
+- ``smoke``: the same code on a toy corpus in well under 2 minutes (the test suite runs it).
+
+Everything is seeded from ``--seed``; torch runs on one thread, so the same seed gives the same
+weights and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.motion.diffusion import DiffusionMotion, save_model
+from engine.motion.dit import DiTConfig
+from training.corpus import HELD_OUT_LANGUAGE, HELD_OUT_LANGUAGE_VOICES, HELD_OUT_VOICES, build_corpus, load_corpus
+from training.dataset import WindowSampler, channel_stats
+from training.train import DistillConfig, TrainConfig, distill_student, train_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_WEIGHTS = ROOT / "engine" / "motion" / "weights"
+
+
+@dataclass
+class RecipeConfig:
+    n_train: int = 1600
+    copies: int = 2
+    eval_per_group: int = 12
+    model: DiTConfig = field(default_factory=lambda: DiTConfig(past_frames=12, audio_hidden=64))
+    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=256, context_noise=0.2))
+    student: DistillConfig = field(default_factory=lambda: DistillConfig(pairs=8192, steps=400, batch=192))
+    teacher_steps: int = 24
+    student_steps: int = 2
+    workers: int = 2
+    bench_seconds: float = 8.0
+
+
+SCALES = {
+    "full": RecipeConfig,
+    "smoke": lambda: RecipeConfig(
+        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0,
+        model=DiTConfig(past_frames=8, audio_hidden=32, d_model=64, depth=2, heads=2),
+        teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
+        student=DistillConfig(pairs=512, pair_batch=256, steps=30, batch=64, warmup=5),
+    ),
+}
+
+
+CORPUS_VERSION = 1
+
+
+def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool = False,
+               log=print, reuse_corpus: bool = False) -> dict:
+    """Run everything; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
+    torch.set_num_threads(1)
+    cfg = SCALES[scale]()
+    cfg.teacher.seed = seed
+    cfg.student.seed = seed + 1
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    corpus_dir = out_dir / "corpus"
+    stamp = {"n_train": cfg.n_train, "seed": seed, "copies": cfg.copies, "eval_per_group": cfg.eval_per_group,
+             "version": CORPUS_VERSION}
+    stamp_path = corpus_dir / "stamp.json"
+    paths = {"train": corpus_dir / "train.npz", "eval": corpus_dir / "eval.npz"}
+    if reuse_corpus and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and all(
+            p.is_file() for p in paths.values()):
+        log(f"recipe: reusing the corpus in {corpus_dir} (same plan and seed)")
+        timings["corpus_reused"] = 1.0
+    else:
+        paths = build_corpus(corpus_dir, cfg.n_train, seed, cfg.copies, cfg.workers, cfg.eval_per_group, log=log)
+        stamp_path.write_text(json.dumps(stamp))
+    timings["corpus_s"] = time.perf_counter() - t0
+    train = load_corpus(paths["train"])
+    mean, std = channel_stats(train.targets)
+    sampler = WindowSampler(train, cfg.model, mean, std, seed)
+    log(f"recipe: {len(sampler)} training windows")
+
+    teacher, teacher_hist = train_teacher(sampler, cfg.model, mean, std, cfg.teacher, log=log)
+    timings["teacher_s"] = teacher_hist.seconds
+    student, student_hist = distill_student(teacher, sampler, cfg.student, log=log)
+    timings["student_s"] = student_hist.seconds
+
+    weights = out_dir / "weights"
+    save_model(teacher, weights / "teacher.safetensors", kind="teacher", steps=cfg.teacher_steps,
+               extra={"seed": seed, "scale": scale})
+    save_model(student, weights / "student.safetensors", kind="student", steps=cfg.student_steps,
+               extra={"seed": seed, "scale": scale})
+
+    t1 = time.perf_counter()
+    metrics = evaluate_weights(paths["eval"], weights, cfg.teacher_steps, cfg.student_steps, log=log,
+                               bench_seconds=cfg.bench_seconds)
+    timings["eval_s"] = time.perf_counter() - t1
+    timings["total_s"] = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in student.parameters())
+    metrics.update({
+        "seed": seed, "scale": scale, "timings": timings,
+        "corpus": {"train_clips": int(len(train.lengths)), "train_minutes": float(train.lengths.sum() / 25 / 60),
+                   "train_utterances": cfg.n_train, "copies": cfg.copies,
+                   "voices": sorted(set(map(str, train.voice))),
+                   "held_out_voices": list(HELD_OUT_VOICES), "held_out_language": HELD_OUT_LANGUAGE,
+                   "held_out_language_voices": list(HELD_OUT_LANGUAGE_VOICES)},
+        "model": {"config": json.loads(cfg.model.to_json()), "parameters": n_params},
+        "training": {"teacher": asdict(cfg.teacher), "student": asdict(cfg.student),
+                     "teacher_loss_first": float(np.mean(teacher_hist.losses[:20])),
+                     "teacher_loss_last": float(np.mean(teacher_hist.losses[-20:])),
+                     "student_loss_first": float(np.mean(student_hist.losses[:10])),
+                     "student_loss_last": float(np.mean(student_hist.losses[-10:])),
+                     "teacher_steps_run": teacher_hist.steps, "student_steps_run": student_hist.steps},
+        "machine": {"cpu_threads": 1, "platform": platform.platform(), "torch": torch.__version__},
+    })
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log(metrics["table"])
+    log(f"recipe: done in {timings['total_s'] / 60:.1f} min "
+        f"(corpus {timings['corpus_s'] / 60:.1f}, teacher {timings['teacher_s'] / 60:.1f}, "
+        f"student {timings['student_s'] / 60:.1f}, eval {timings['eval_s'] / 60:.1f})")
+    if install:
+        SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
+        for name in ("teacher.safetensors", "student.safetensors"):
+            (SHIPPED_WEIGHTS / name).write_bytes((weights / name).read_bytes())
+        (SHIPPED_WEIGHTS / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        from training.model_card import write_model_card
+
+        write_model_card(metrics, SHIPPED_WEIGHTS / "MODEL_CARD.md")
+        log(f"recipe: installed weights and model card in {SHIPPED_WEIGHTS}")
+    return metrics
+
+
+def evaluate_weights(eval_path: Path, weights: Path, teacher_steps: int, student_steps: int, log=print,
+                     max_clips: int | None = None, bench_seconds: float = 8.0) -> dict:
+    """Baseline / teacher / student on an evaluation corpus -> metrics dict with a markdown table."""
+    from engine.motion.baseline import BaselineMotion
+    from training.evaluate import evaluate_models, markdown_table, ms_per_hop
+
+    ev = load_corpus(eval_path)
+    clips = [(ev.audio[i], ev.phones[i], str(ev.group[i])) for i in range(len(ev.lengths))]
+    if max_clips is not None:
+        clips = clips[:max_clips]
+    models = {
+        "baseline": BaselineMotion(),
+        "teacher": DiffusionMotion.from_file(weights / "teacher.safetensors", steps=teacher_steps, name="teacher"),
+        "student": DiffusionMotion.from_file(weights / "student.safetensors", steps=student_steps, name="student"),
+    }
+    results = evaluate_models(models, clips, log=log)
+    hop = {name: ms_per_hop(m, seconds=bench_seconds) for name, m in models.items()}
+    table = markdown_table(results, hop)
+    out: dict = {"table": table, "ms_per_hop": hop, "models": {}}
+    from training.realspeech import real_clips
+
+    real = real_clips()
+    if real:
+        real_results = evaluate_models(models, real, log=log)
+        lines = ["| model | clip | openness r | closure recall | best offset (ms) |", "|---|---|---:|---:|---:|"]
+        out["real"] = {}
+        for name, s in real_results.items():
+            out["real"][name] = {}
+            for g in s.groups():
+                r, rec, off = s.summary(g)
+                closures = sum(c.closures for c in s.clips if c.group == g)
+                lines.append(f"| {name} | {g} | {r:.3f} | {f'{rec:.3f}' if closures else 'n/a'} | {off:+.0f} |")
+                out["real"][name][g] = {"openness_r": r, "closure_recall": rec if closures else None, "offset_ms": off}
+        out["real_table"] = "\n".join(lines)
+    for name, s in results.items():
+        per = {}
+        for g in s.groups() + ["overall"]:
+            r, rec, off = s.summary(None if g == "overall" else g)
+            per[g] = {"openness_r": r, "closure_recall": rec, "offset_ms": off}
+        out["models"][name] = {"groups": per, "boundary_jump": s.boundary_jump, "inside_jump": s.inside_jump}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "recipe")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--install", action="store_true", help="copy the weights + model card into engine/motion/weights")
+    parser.add_argument("--reuse-corpus", action="store_true",
+                        help="skip synthesis when OUT/corpus was built with the same plan and seed")
+    args = parser.parse_args(argv)
+    run_recipe(args.out, args.seed, args.scale, args.install, reuse_corpus=args.reuse_corpus)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
