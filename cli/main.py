@@ -1,4 +1,4 @@
-"""``emolive``: render, motion, bench (and, as they land, serve, eval, export, train).
+"""``emolive``: render, motion, serve, bench, export, train and eval.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal error.
 """
@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 interna
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
 from pathlib import Path
@@ -169,33 +170,31 @@ def _run_motion(args: argparse.Namespace) -> None:
     print(f"wrote {len(track)} frames to {args.output}", file=sys.stderr)
 
 
+# Subcommands that live in their own modules, imported only when run: `emolive render` should
+# not pay for importing the server, the exporters or the trainer.
+_COMMANDS = {
+    "bench": ("cli.bench", "run_bench"),
+    "serve": ("cli.serve", "run_serve"),
+    "export": ("cli.export", "run_export"),
+    "train": ("cli.train", "run_train"),
+    "eval": ("cli.eval", "run_eval"),
+}
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "render":
+        _run_render(args)
+    elif args.command == "motion":
+        _run_motion(args)
+    else:
+        module, function = _COMMANDS[args.command]
+        getattr(importlib.import_module(module), function)(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "render":
-            _run_render(args)
-        elif args.command == "motion":
-            _run_motion(args)
-        elif args.command == "bench":
-            from cli.bench import run_bench
-
-            run_bench(args)
-        elif args.command == "train":
-            from cli.train import run_train
-
-            run_train(args)
-        elif args.command == "eval":
-            from cli.eval import run_eval
-
-            run_eval(args)
-        elif args.command == "serve":
-            from cli.serve import run_serve
-
-            run_serve(args)
-        elif args.command == "export":
-            from cli.export import run_export
-
-            run_export(args)
+        _dispatch(args)
     except BadInputError as error:
         print(f"emolive: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

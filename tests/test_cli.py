@@ -224,32 +224,49 @@ def test_missing_audio_for_motion_is_one_clear_line(work_dir: Path) -> None:
 # --------------------------------------------------------------------------- help
 
 HELP = {
-    (): ["render", "motion", "bench"],
+    (): ["render", "motion", "bench", "serve", "export", "train", "eval"],
     ("render",): ["portrait", "audio", "-o", "--output", "--size", "--fps", "--seed", "--head-motion",
                   "--expressiveness", "--motion", "--keep-framing", "--contact-sheet", "--quiet"],
     ("motion",): ["audio", "-o", "--output", "--fps", "--seed", "--head-motion", "--expressiveness", "--motion"],
-    ("bench",): ["render"],
+    ("bench",): ["render", "stream", "soak"],
     ("bench", "render"): ["--size", "--seconds", "--runs", "--motion"],
 }
 
 
-def _parser_options(path: tuple[str, ...]) -> set[str]:
-    """Every option string the real parser defines at ``path`` (so new options need help too)."""
+def _subparsers(parser):
     import argparse
 
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    """Every command and subcommand the real parser has, so a new one needs help too."""
+    from cli.main import build_parser
+
+    paths, stack = [], [((), build_parser())]
+    while stack:
+        path, parser = stack.pop()
+        paths.append(path)
+        sub = _subparsers(parser)
+        if sub is not None:
+            stack.extend((path + (name,), child) for name, child in sub.choices.items())
+    return sorted(paths)
+
+
+def _parser_options(path: tuple[str, ...]) -> set[str]:
+    """Every option string the real parser defines at ``path`` (so new options need help too)."""
     from cli.main import build_parser
 
     parser = build_parser()
     for name in path:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices[name]
+        parser = _subparsers(parser).choices[name]
     return {s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")}
 
 
-@pytest.mark.parametrize("path", list(HELP), ids=lambda p: " ".join(p) or "emolive")
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "emolive")
 def test_help_mentions_every_option(path: tuple[str, ...]) -> None:
     proc = run_emolive(*path, "--help")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    for word in set(HELP[path]) | _parser_options(path):
+    for word in set(HELP.get(path, [])) | _parser_options(path):
         assert word in text, f"`emolive {' '.join(path)} --help` does not mention {word}"
