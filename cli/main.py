@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--keep-framing", action="store_true",
                         help="keep the whole image (long side = --size) instead of a head-and-shoulders crop")
     render.add_argument("--fps", type=float, default=FPS, help=f"output frame rate (default: {FPS})")
-    render.add_argument("--contact-sheet", type=Path, metavar="PNG",
-                        help="also write 8 evenly spaced frames tiled into this PNG")
+    render.add_argument("--contact-sheet", type=Path, metavar="IMAGE",
+                        help="also write 8 evenly spaced frames tiled into this PNG or JPEG")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_motion_options(render)
 

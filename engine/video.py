@@ -1,7 +1,13 @@
-"""MP4 output: H.264 (yuv420p) video with the driving audio as AAC, muxed by PyAV."""
+"""MP4 output: H.264 (yuv420p) video with the driving audio as AAC, muxed by PyAV.
+
+Encoding runs on a thread of its own, so rendering the next frame overlaps encoding this one
+(OpenCV, x264 and the muxer release the GIL): on two cores that is most of the encode cost.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -13,6 +19,8 @@ import soxr
 
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _AUDIO_CHUNK = 1024  # AAC frame size
+_QUEUED_FRAMES = 8  # bounds memory when rendering outruns encoding
+_END = None
 
 
 class Mp4Writer:
@@ -29,7 +37,7 @@ class Mp4Writer:
         audio: np.ndarray | None = None,
         audio_rate: int = 16000,
         crf: int = 20,
-        preset: str = "superfast",
+        preset: str = "ultrafast",
     ) -> None:
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1001)
@@ -49,9 +57,30 @@ class Mp4Writer:
             self._audio_written = 0
             self._audio_stream = self._container.add_stream("aac", rate=audio_rate)
             self._audio_stream.layout = "mono"
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(_QUEUED_FRAMES)
+        self._error: BaseException | None = None
+        self._encoder = threading.Thread(target=self._encode_loop, name="mp4-encoder", daemon=True)
+        self._encoder.start()
 
     def write(self, frame: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 RGB frame."""
+        """Queue one (H, W, 3) uint8 RGB frame for encoding (blocks while the queue is full)."""
+        self._raise_encoder_error()
+        self._queue.put(frame)
+
+    def _raise_encoder_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _encode_loop(self) -> None:
+        try:
+            while (frame := self._queue.get()) is not _END:
+                self._encode(frame)
+        except BaseException as error:  # surfaced to the writer's thread on its next call
+            self._error = error
+            while self._queue.get() is not _END:  # unblock a writer waiting on a full queue
+                pass
+
+    def _encode(self, frame: np.ndarray) -> None:
         # OpenCV's BT.601 I420 conversion is several times faster than swscale's here.
         video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         video_frame.pts = self._frames
@@ -73,7 +102,10 @@ class Mp4Writer:
             self._audio_written += len(chunk)
 
     def close(self) -> None:
-        """Flush encoders; audio left beyond the last frame is written too."""
+        """Encode what is queued, flush encoders; audio beyond the last frame is written too."""
+        self._queue.put(_END)
+        self._encoder.join()
+        self._raise_encoder_error()
         if self._audio_stream is not None:
             self._write_audio(until=len(self._audio))
             self._container.mux(self._audio_stream.encode(None))
@@ -87,4 +119,6 @@ class Mp4Writer:
         if exc_type is None:
             self.close()
         else:
+            self._queue.put(_END)
+            self._encoder.join()
             self._container.close()
