@@ -41,7 +41,7 @@ DB_PER_FEATURE = FEATURE_STD * 10.0 / math.log(10.0)  # features are scaled natu
 # Loudness. Levels are 10·log10 of the mean mel power in the speech band; speech peaking
 # near full scale reads about -5 dB here, a quiet room about -60 dB, digital silence -80 dB.
 SPEECH_BAND_HZ = (200.0, 4000.0)
-DYNAMIC_RANGE_DB = 30.0  # the mouth goes from closed to fully open over this many dB
+DYNAMIC_RANGE_DB = 20.0  # the mouth goes from closed to fully open over this many dB
 NOISE_GATE_DB = -55.0  # below this the mouth stays shut whatever came before
 NOMINAL_PEAK_DB = -5.0
 # The running peak falls slowly towards the gate + range, so quiet recordings still open
@@ -50,7 +50,7 @@ PEAK_DECAY_DB_PER_S = 3.0
 PEAK_FLOOR_DB = NOISE_GATE_DB + DYNAMIC_RANGE_DB
 
 # Mouth dynamics: jaws open faster than they close.
-ATTACK_S = 0.04
+ATTACK_S = 0.05
 RELEASE_S = 0.08
 LEAD_MELS = 2  # the follower runs 20 ms ahead of the video frame it feeds
 JAW_MAX = 0.65
