@@ -312,25 +312,31 @@ def decode_audio(path: str | os.PathLike[str]) -> DecodedAudio:
     return decoded
 
 
-def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    """(n,) or (n, channels) samples of any dtype at ``rate`` -> (m,) float32 16 kHz mono.
+def to_mono(samples: np.ndarray, dtype: type[np.floating] = np.float64) -> np.ndarray:
+    """(n,) or (n, channels) integer or float samples -> (n,) mono at nominal ±1.
 
-    Integer samples are scaled to ±1 by their type's range; channels are averaged; resampling
-    uses soxr's high-quality filter.
-    """
+    Integer samples are scaled by their type's range; channels are averaged."""
     x = np.asarray(samples)
     if x.ndim not in (1, 2):
         raise ValueError(f"expected (n,) or (n, channels) samples, got shape {x.shape}")
-    if rate <= 0:
-        raise ValueError(f"sample rate must be positive, got {rate}")
     if np.issubdtype(x.dtype, np.unsignedinteger):
         half = 2.0 ** (np.iinfo(x.dtype).bits - 1)
-        x = (x.astype(np.float64) - half) / half
+        x = (x.astype(dtype) - half) / half
     elif np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float64) / 2.0 ** (np.iinfo(x.dtype).bits - 1)
+        x = x.astype(dtype) / 2.0 ** (np.iinfo(x.dtype).bits - 1)
+    elif np.issubdtype(x.dtype, np.floating):
+        x = x.astype(dtype, copy=False)
     else:
-        x = x.astype(np.float64, copy=False)
-    mono = x.mean(axis=1) if x.ndim == 2 else x
+        raise ValueError(f"expected integer or float samples, got {x.dtype}")
+    return x.mean(axis=1, dtype=dtype) if x.ndim == 2 else x
+
+
+def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """(n,) or (n, channels) samples of any dtype at ``rate`` -> (m,) float32 16 kHz mono,
+    scaled as :func:`to_mono`; resampling uses soxr's high-quality filter."""
+    if rate <= 0:
+        raise ValueError(f"sample rate must be positive, got {rate}")
+    mono = to_mono(samples)
     if rate == SAMPLE_RATE or len(mono) == 0:
         return mono.astype(np.float32)
     return soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)

@@ -42,7 +42,7 @@ from typing import Generic, NamedTuple, TypeVar
 import numpy as np
 import soxr
 
-from engine.audio import HOP, MELS_PER_FRAME, N_MELS, SAMPLE_RATE, SILENCE_FEATURE, WIN, StreamingLogMel
+from engine.audio import HOP, MELS_PER_FRAME, N_MELS, SAMPLE_RATE, SILENCE_FEATURE, WIN, StreamingLogMel, to_mono
 from engine.errors import BadInputError
 from engine.motion import MAX_LOOKAHEAD_FRAMES, MotionModel
 from engine.motion_space import FPS, MotionControls
@@ -437,22 +437,13 @@ class _Backlog(Generic[T]):
 
 
 def _mono_float32(samples: np.ndarray, rate: int) -> np.ndarray:
-    """Pushed samples -> (n,) float32 mono at nominal ±1, as engine.audio.to_mono_16k scales."""
-    x = np.asarray(samples)
+    """Pushed samples -> (n,) float32 mono at nominal ±1, scaled as the offline path scales."""
     if rate <= 0:
         raise BadInputError(f"push_audio: sample rate must be positive, got {rate}")
-    if x.ndim not in (1, 2):
-        raise BadInputError(f"push_audio: expected (n,) or (n, channels) samples, got shape {x.shape}")
-    if np.issubdtype(x.dtype, np.unsignedinteger):
-        half = 2.0 ** (np.iinfo(x.dtype).bits - 1)
-        x = (x.astype(np.float32) - half) / half
-    elif np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float32) / 2.0 ** (np.iinfo(x.dtype).bits - 1)
-    elif np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32, copy=False)
-    else:
-        raise BadInputError(f"push_audio: expected integer or float samples, got {x.dtype}")
-    mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
+    try:
+        mono = to_mono(samples, np.float32)
+    except ValueError as error:
+        raise BadInputError(f"push_audio: {error}") from None
     if not np.isfinite(mono).all():
         raise BadInputError("push_audio: samples contain NaN or Inf")
     return np.ascontiguousarray(mono)
