@@ -112,9 +112,10 @@ def score_track(frames: np.ndarray, phones: Sequence[Phone], group: str) -> Clip
 
 
 def hop_jumps(frames: np.ndarray, hop: int = 2) -> tuple[float, float]:
-    """Largest frame-to-frame change (max over channels, blink channels excluded: blinks are
-    meant to be fast) between the last frame of one hop and the first of the next vs inside hops."""
-    keep = [i for i in range(frames.shape[1]) if "eyeBlink" not in _name(i)]
+    """Largest frame-to-frame change (max over channels) between the last frame of one hop and the
+    first of the next vs inside hops. Blinks and the lip seal (``mouthClose``) are left out: they
+    are meant to snap within a frame; a pop would show in the head, brows and the jaw."""
+    keep = [i for i in range(frames.shape[1]) if "eyeBlink" not in _name(i) and _name(i) != "mouthClose"]
     d = np.abs(np.diff(frames[:, keep], axis=0)).max(axis=1)
     # d[i] is the change from frame i to i + 1: a boundary when i + 1 starts a hop.
     boundary = (np.arange(len(d)) + 1) % hop == 0

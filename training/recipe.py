@@ -60,8 +60,12 @@ SCALES = {
 CORPUS_VERSION = 1
 
 
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
 def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool = False,
-               log=print, reuse_corpus: bool = False) -> dict:
+               log=_log, reuse_corpus: bool = False) -> dict:
     """Run everything; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
     torch.set_num_threads(1)
     cfg = SCALES[scale]()
@@ -131,6 +135,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
         for name in ("teacher.safetensors", "student.safetensors"):
             (SHIPPED_WEIGHTS / name).write_bytes((weights / name).read_bytes())
+            (SHIPPED_WEIGHTS / name).chmod(0o644)
         (SHIPPED_WEIGHTS / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         from training.model_card import write_model_card
 

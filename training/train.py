@@ -109,7 +109,7 @@ def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - cfg.ema if step > cfg.warmup else 1.0)
-        hist.losses.append(float(err))
+        hist.losses.append(float(err.detach()))
         hist.steps = step + 1
         if (step + 1) % 100 == 0 or step == 0:
             elapsed = time.perf_counter() - start
@@ -204,7 +204,7 @@ def distill_student(teacher: MotionDiT, sampler: WindowSampler, cfg: DistillConf
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
-        hist.losses.append(float(out))
+        hist.losses.append(float(out.detach()))
         hist.steps = step + 1
         if (step + 1) % 100 == 0 or step == 0:
             log(f"student step {step + 1}/{cfg.steps} reflow {float(reflow):.4f} output {np.mean(hist.losses[-100:]):.4f} "

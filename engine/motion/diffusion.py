@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
-from engine.motion.dit import DiTConfig, MotionDiT
+from engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
 from engine.motion.sampler import time_grid
 from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
@@ -40,6 +40,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 BLINK_CLOCK_S = 6.0  # the blink clock saturates here: "a long time ago"
 BLINK_ONSET = 0.5
 BLINK_INDEX = INDEX["eyeBlinkLeft"]
+assert INDEX["eyeBlinkRight"] == BLINK_INDEX + 1
+FIRST_BLINK_S = (0.3, 2.5)
+BLINK_MEAN_S = 3.4
 
 
 def blink_clock(frames_since_onset: np.ndarray | float, fps: float = 25.0) -> np.ndarray | float:
@@ -99,6 +102,7 @@ class DiffusionMotion:
     """Streaming DiT motion (teacher or distilled student). Implements MotionModel."""
 
     lookahead_frames = 2
+    pin_lips = True
 
     def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0) -> None:
         if steps < 1:
@@ -130,6 +134,11 @@ class DiffusionMotion:
         self._ctrl = [controls.head_motion, self.speed, controls.expressiveness]
         self._since_onset = 1e6
         self._last_blink = 0.0
+        # The blink guard (see _guard_blinks) draws from its own stream of the seed.
+        self._blink_rng = np.random.Generator(np.random.PCG64([controls.seed, 1]))
+        self._guard_wait = 0.0  # frames since the last onset, or since the stream started
+        self._guard_due = self._blink_rng.uniform(*FIRST_BLINK_S) * 25.0
+        self._guard_profile: list[float] = []
 
     def step(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
@@ -159,6 +168,10 @@ class DiffusionMotion:
             missing[-(cfg.hop_frames - n) :] = True
         audio = np.concatenate([self._audio, window])[None]
         noise = self._rng.standard_normal((1, cfg.hop_frames, NUM_CHANNELS)).astype(np.float32)
+        if self.pin_lips:
+            # Lips are the audio's: they start from the centre of the noise, so every seed
+            # gives the same mouth while head, brows and blinks still follow the seed.
+            noise[..., AUDIO_CHANNELS] = 0.0
         model = self.model
         with torch.inference_mode():
             audio_tokens = model.encode_audio(torch.from_numpy(audio), torch.from_numpy(missing[None]) if n < cfg.hop_frames else None)
@@ -172,14 +185,40 @@ class DiffusionMotion:
         frames = clip_frames(frames)
         if self._controls.head_motion == 0.0:
             frames[:, HEAD_SLICE] = 0.0
+        self._guard_blinks(frames)
         with torch.no_grad():
             normed = model.normalise(torch.from_numpy(frames)).numpy()
-        for value in frames[:, BLINK_INDEX]:
-            self._since_onset = 0.0 if value >= BLINK_ONSET > self._last_blink else self._since_onset + 1.0
-            self._last_blink = float(value)
         self._buffer = np.concatenate([self._buffer[n:], normed]).astype(np.float32)
         self._audio = np.concatenate([self._audio, window[:n]])[-cfg.audio_past :]
         return frames
+
+
+    def _guard_blinks(self, frames: np.ndarray) -> None:
+        """Update the blink clock; fill a blink in where the model has gone too long without one.
+
+        The model blinks on its own, but less often than people do (about 6 a minute in
+        silence against 10-30). When the time since its last blink passes a seeded human
+        interval (the training targets' distribution: first within 0.3-2.5 s, then gamma with a
+        3.4 s mean), a blink is eased in on both eyes. The frames go into the buffer, so the
+        model sees the blink and carries on from it.
+        """
+        left, right = BLINK_INDEX, BLINK_INDEX + 1
+        for row in frames:
+            if not self._guard_profile and self._guard_wait >= self._guard_due:
+                reopen = int(self._blink_rng.integers(2, 5))
+                self._guard_profile = [0.55, 1.0] + [
+                    0.5 + 0.5 * math.cos(math.pi * (k + 1) / (reopen + 1)) for k in range(reopen)]
+            if self._guard_profile:
+                value = self._guard_profile.pop(0)
+                row[left] = max(row[left], value)
+                row[right] = max(row[right], value)
+            value = float(row[left])
+            onset = value >= BLINK_ONSET > self._last_blink
+            self._since_onset = 0.0 if onset else self._since_onset + 1.0
+            self._guard_wait = 0.0 if onset else self._guard_wait + 1.0
+            if onset:
+                self._guard_due = max(1.0, self._blink_rng.gamma(4.0, BLINK_MEAN_S / 4.0)) * 25.0
+            self._last_blink = value
 
 
 def default_weights(kind: str) -> Path:

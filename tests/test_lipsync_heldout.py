@@ -1,0 +1,126 @@
+"""Lip sync of the shipped student on voices and a language it never heard in training.
+
+A few held-out utterances (one per held-out voice and the held-out language: the full table comes
+from ``emolive eval lipsync``), scored on the motion itself and, for one voice, on rendered video
+measured by the independent MediaPipe tracker. Real recorded speech that ships in packages is
+scored too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from engine.audio import log_mel, video_frame_features
+from engine.motion import generate
+from engine.motion.baseline import BaselineMotion
+from engine.motion.registry import create_motion_model
+from engine.motion_space import MotionControls
+from training.evaluate import ModelScores, score_track
+from training.tts import available_voices
+
+torch.set_num_threads(1)
+
+# What the shipped student reaches (docs/model.md has the full table). The issue's acceptance
+# targets are higher (r >= 0.85, closure recall >= 0.85, video r >= 0.65): not met yet.
+MIN_R = 0.75
+MIN_RECALL = 0.35
+MAX_OFFSET_MS = 20.0
+MIN_VIDEO_R = 0.5
+MIN_REAL_R = 0.65
+
+
+@pytest.fixture(scope="module")
+def held_out_clips():
+    from training.corpus import plan_corpus, run_jobs
+    from training.tts import Phone
+
+    plan = plan_corpus(0, seed=0, eval_per_group=2)
+    missing = {j.voice.partition("+")[0] for j in plan.eval} - set(available_voices())
+    if missing:
+        pytest.skip(f"held-out voices not installed: {sorted(missing)}")
+    clips = []
+    for made in run_jobs([(job, 1) for job in plan.eval], workers=2, log=lambda _: None):
+        assert made, "a held-out utterance failed to synthesise"
+        c = made[0]
+        clips.append((c["audio"], [Phone(*p) for p in c["phones"]], c["group"]))
+    return clips
+
+
+def _scores(model, clips) -> ModelScores:
+    scores = ModelScores(model.name)
+    for audio, phones, group in clips:
+        frames = generate(model, video_frame_features(log_mel(audio)), MotionControls(seed=0)).frames
+        scores.clips.append(score_track(frames, phones, group))
+    return scores
+
+
+@pytest.fixture(scope="module")
+def student_scores(held_out_clips) -> ModelScores:
+    return _scores(create_motion_model("student"), held_out_clips)
+
+
+def test_student_lip_syncs_held_out_voices_and_language(student_scores: ModelScores, record_property) -> None:
+    r, recall, offset = student_scores.summary()
+    record_property("student_heldout", f"r {r:.3f} recall {recall:.3f} offset {offset:+.0f} ms")
+    print(f"\n[measure] student held-out: r {r:.3f}, closure recall {recall:.3f}, offset {offset:+.0f} ms")
+    assert r >= MIN_R
+    assert recall >= MIN_RECALL
+    assert abs(offset) <= MAX_OFFSET_MS
+    for group in student_scores.groups():
+        gr, grec, _ = student_scores.summary(group)
+        assert gr >= MIN_R - 0.1, group
+        assert grec >= MIN_RECALL - 0.2, group
+
+
+def test_student_beats_the_baseline(held_out_clips, student_scores: ModelScores) -> None:
+    baseline = _scores(BaselineMotion(), held_out_clips)
+    r_s, rec_s, _ = student_scores.summary()
+    r_b, rec_b, _ = baseline.summary()
+    assert r_s >= r_b + 0.1
+    assert rec_s >= rec_b + 0.2
+
+
+def test_student_lip_syncs_real_recorded_speech(record_property) -> None:
+    from training.realspeech import arctic_clip
+
+    clip = arctic_clip()
+    if clip is None:
+        pytest.skip("no real speech clip")
+    audio, phones, group = clip
+    scores = _scores(create_motion_model("student"), [clip])
+    base = _scores(BaselineMotion(), [clip])
+    r, recall, _ = scores.summary()
+    record_property("student_real_arctic", f"r {r:.3f} recall {recall:.3f} (baseline r {base.summary()[0]:.3f})")
+    print(f"\n[measure] real speech (arctic a0009): student r {r:.3f}, baseline r {base.summary()[0]:.3f}")
+    assert r >= MIN_REAL_R
+    assert r > base.summary()[0]
+
+
+@pytest.mark.slow
+def test_rendered_video_follows_held_out_voice(tmp_path: Path, record_property) -> None:
+    """`emolive render --motion student` of a held-out voice, tracked by MediaPipe."""
+    from conftest import PORTRAIT, check_ok, run_emolive
+    from training.corpus import EVAL_SENTENCES
+    from training.mouth_tracker import best_offset_correlation, track_video
+    from training.tts import synthesize
+    from training.visemes import openness
+
+    if "flite:awb" not in available_voices():
+        pytest.skip("flite awb is not installed")
+    utt = synthesize(" ".join(EVAL_SENTENCES[:2]), "flite:awb")
+    wav = tmp_path / "awb.wav"
+    sf.write(wav, utt.audio, utt.rate, subtype="PCM_16")
+    out = tmp_path / "awb.mp4"
+    check_ok(run_emolive("render", PORTRAIT, wav, "-o", out, "--quiet", "--motion", "student"))
+    track = track_video(out)
+    truth = openness(utt.phones, fps=25.0, n_frames=track.n_frames)
+    r0, _ = best_offset_correlation(truth, track.mouth_gap, 0)
+    record_property("video_r_awb", round(r0, 3))
+    print(f"\n[measure] rendered video, held-out flite:awb: mouth gap r {r0:.3f}")
+    assert r0 >= MIN_VIDEO_R
+    _ = np
