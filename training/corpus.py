@@ -453,6 +453,14 @@ if __name__ == "__main__":  # pragma: no cover - handy for inspection
     _ = math
 
 
+def _rms_10ms(audio: np.ndarray, rate: int) -> np.ndarray:
+    """RMS of each whole 10 ms block of ``audio``."""
+    x = np.asarray(audio, np.float64)
+    hop = max(1, rate // 100)
+    frames = len(x) // hop
+    return np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1))
+
+
 def repair_pauses(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
     """Voiced 'pau' segments inside speech become part of the phone before them.
 
@@ -461,12 +469,10 @@ def repair_pauses(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Pho
     A 'pau' whose RMS is over 12 % of the utterance's loud level (90th percentile of 10 ms RMS)
     is merged into the phone before it.
     """
-    x = np.asarray(audio, np.float64)
-    hop = max(1, rate // 100)
-    frames = len(x) // hop
+    rms = _rms_10ms(audio, rate)
+    frames = len(rms)
     if frames < 2:
         return list(phones)
-    rms = np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1))
     loud = float(np.percentile(rms, 90)) + 1e-9
     out: list[Phone] = []
     for p in phones:
@@ -488,12 +494,10 @@ def repair_stop_closures(phones: list[Phone], audio: np.ndarray, rate: int) -> l
     """Give each stop its closure: espeak-ng fires a stop's phoneme event at the burst, so the
     silent closure before it is counted in the phone before. The quiet run (10 ms RMS under 5 %
     of the loud level) at the end of the phone before a stop is moved into the stop."""
-    x = np.asarray(audio, np.float64)
-    hop = max(1, rate // 100)
-    frames = len(x) // hop
+    rms = _rms_10ms(audio, rate)
+    frames = len(rms)
     if frames < 2:
         return list(phones)
-    rms = np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1))
     quiet = rms < 0.05 * (float(np.percentile(rms, 90)) + 1e-9)
     out = list(phones)
     for i in range(1, len(out)):

@@ -42,6 +42,16 @@ class MotionModel(Protocol):
         ...
 
 
+def hop_length(features: np.ndarray, lookahead_frames: int) -> int:
+    """Validate ``step()`` input ``(n + lookahead, 4, 80)`` and return ``n``."""
+    if features.ndim != 3 or features.shape[1:] != (MELS_PER_FRAME, N_MELS):
+        raise ValueError(f"features must be (n + {lookahead_frames}, {MELS_PER_FRAME}, {N_MELS}), got {features.shape}")
+    count = len(features) - lookahead_frames
+    if count < 0:
+        raise ValueError(f"need at least {lookahead_frames} lookahead frame(s), got {len(features)}")
+    return count
+
+
 def generate(model: MotionModel, features: np.ndarray, controls: MotionControls) -> MotionTrack:
     """Run ``model`` over a whole clip of ``(T, 4, 80)`` features -> ``T`` motion frames.
 

@@ -34,6 +34,7 @@ from engine.audio import (
     SAMPLE_RATE,
 )
 from engine.motion_space import FPS, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from engine.motion import hop_length
 
 MEL_RATE = FPS * MELS_PER_FRAME  # Hz: the follower runs on mel frames, not video frames
 DB_PER_FEATURE = FEATURE_STD * 10.0 / math.log(10.0)  # features are scaled natural-log power
@@ -290,11 +291,7 @@ class BaselineMotion:
     def step(self, features: np.ndarray) -> np.ndarray:
         """Motion for ``len(features) - 1`` frames; the last frame of features is lookahead."""
         features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 3 or features.shape[1:] != (MELS_PER_FRAME, N_MELS):
-            raise ValueError(f"features must be (n + 1, {MELS_PER_FRAME}, {N_MELS}), got {features.shape}")
-        count = len(features) - self.lookahead_frames
-        if count < 0:
-            raise ValueError(f"need at least {self.lookahead_frames} lookahead frame(s), got {len(features)}")
+        count = hop_length(features, self.lookahead_frames)
         cues = _analyse(features.reshape(-1, N_MELS), count)
         signals = np.zeros((len(_SIGNALS), count))
         openness, rounded, hiss, brows, nods, blinks = signals

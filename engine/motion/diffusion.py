@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
+from engine.motion import hop_length
 from engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
 from engine.motion.sampler import time_grid
 from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
@@ -142,11 +143,7 @@ class DiffusionMotion:
 
     def step(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 3 or features.shape[1:] != (MELS_PER_FRAME, N_MELS):
-            raise ValueError(f"features must be (n + {self.lookahead_frames}, {MELS_PER_FRAME}, {N_MELS}), got {features.shape}")
-        count = len(features) - self.lookahead_frames
-        if count < 0:
-            raise ValueError(f"need at least {self.lookahead_frames} lookahead frames, got {len(features)}")
+        count = hop_length(features, self.lookahead_frames)
         out = []
         begin = 0
         hop = self.cfg.hop_frames
