@@ -76,6 +76,10 @@ def bench_render(args: argparse.Namespace) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     if args.bench == "render":
         bench_render(args)
+    elif args.bench == "models":
+        from cli.bench_models import run_bench_models
+
+        run_bench_models(args)
     elif args.bench in ("stream", "soak"):
         from cli.stream_bench import run_stream_bench
 

@@ -36,7 +36,6 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def run_lipsync(args: argparse.Namespace) -> None:
     import json
-    import tempfile
 
     import torch
 
@@ -98,4 +97,3 @@ def run_lipsync(args: argparse.Namespace) -> None:
           f"{hop['student'] / 2:.2f} ms per 40 ms")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    _ = tempfile

@@ -11,8 +11,9 @@ from engine.errors import BadInputError
 DESCRIPTION = """\
 Write emolive's models as ONNX files for ONNX Runtime, TensorRT or any other runtime.
 
-Files are build outputs, named by content hash (renderer-<portrait sha256>-<build key>.onnx)
-with a JSON sidecar describing inputs, outputs, shapes, opset and source hashes. A file that
+Files are build outputs, named by content hash (renderer-<portrait sha256>-<build key>.onnx,
+denoiser-<kind>-<weights sha256>-<build key>.onnx) with a JSON sidecar describing inputs,
+outputs, shapes, opset and source hashes. A file that
 is already up to date is not rebuilt; never edit one by hand (delete it or pass --force).
 
   onnx  export to ONNX (opset >= 17, dynamic batch axis), checked by onnx.checker and
@@ -27,12 +28,22 @@ renderer: one avatar's renderer (motion -> flow -> grid_sample, mouth compositor
   input  motion  float32 (batch, 35): head pose then ARKit blendshapes, channel order as
                  `emolive motion` writes them; clipped to their limits in the graph
   output frames  uint8 (batch, H, W, 3): RGB, H = W = --size for the default framing
-denoiser: the motion model's denoiser (when this installation has its exporter).
+denoiser: one sampler step of the student motion model (MotionDiT.forward), all float32,
+  K = 12 past frames, H = 2 hop frames, A = 12 audio frames:
+  input  x_t            (batch, H, 35): the hop's noisy frames, normalised motion units
+  input  t              (batch,): diffusion time, 1 = noise, 0 = clean
+  input  past           (batch, K, 35): the last K generated frames, normalised
+  input  audio          (batch, A, 4, 80): log-mel, 8 frames before the hop, the hop, 2 ahead
+  input  controls       (batch, 4): head motion, speed, expressiveness, blink clock
+  input  audio_missing  (batch, A): 1 where an audio frame is padding
+  output velocity       (batch, H, 35): x <- x + (t_next - t) * velocity
+  The sidecar also holds the normalisation (mean, std) and the sampling rule.
 """
 
 TRT_DESCRIPTION = """\
 Build TensorRT engines from the ONNX exports (exporting them first if needed), one
-optimisation profile over the batch axis. Needs the tensorrt Python package and a CUDA GPU;
+optimisation profile over the batch axis: the denoiser in fp16, the renderer in fp32 (its
+sampling coordinates are pixel positions) unless --precision says otherwise. Needs the tensorrt Python package and a CUDA GPU;
 without them this prints why and exits with status 2.
 """
 
@@ -65,7 +76,8 @@ def add_export_parser(commands) -> argparse.ArgumentParser:
     _common(onnx)
     onnx.add_argument("--verify", action="store_true",
                       help="also render a motion sweep (jaw, lips, blinks, brows, head pose extremes) with ONNX "
-                           "Runtime and print its difference from the CPU renderer")
+                           "Runtime and print its difference from the CPU renderer, and compare the denoiser's "
+                           "velocity with the torch module's on random inputs at batch sizes 1 to 8")
     trt = kinds.add_parser("trt", help="build TensorRT engines (needs tensorrt and a CUDA GPU)",
                            description=TRT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(trt)
@@ -127,6 +139,8 @@ def _verify(results: list, args: argparse.Namespace) -> None:
     from export.runtime import OnnxRenderer
 
     for result in results:
+        if result.name == "denoiser":
+            _verify_denoiser(result)
         if result.name != "renderer":
             continue
         _, rig = prepare_avatar(args.portrait or DEFAULT_PORTRAIT, RenderOptions(size=args.size))
@@ -138,6 +152,21 @@ def _verify(results: list, args: argparse.Namespace) -> None:
               f"{max(row.mouth_mad for row in rows):.4f}/255", file=sys.stderr)
         if worst > 2.0:
             raise RuntimeError(f"renderer ONNX differs from the CPU renderer by {worst:.3f}/255 (more than 2/255)")
+
+
+def _verify_denoiser(result) -> None:
+    from engine.motion.backends import OnnxDenoiser, TorchDenoiser
+    from engine.motion.diffusion import load_cached
+    from export.denoiser import MAX_ABS_DIFF, random_inputs
+
+    model, _ = load_cached(result.info["source"]["weights"])
+    onnx, torch_ = OnnxDenoiser(result.path), TorchDenoiser(model)
+    worst = max(float(abs(onnx(inputs) - torch_(inputs)).max())
+                for inputs in (random_inputs(model.cfg, batch, seed=batch) for batch in range(1, 9)))
+    print(f"denoiser parity: max |ONNX Runtime - torch| {worst:.2e} over batch sizes 1-8 (bound {MAX_ABS_DIFF:g})",
+          file=sys.stderr)
+    if worst > MAX_ABS_DIFF:
+        raise RuntimeError(f"denoiser ONNX differs from the torch module by {worst:.2e} (more than {MAX_ABS_DIFF:g})")
 
 
 def run_export(args: argparse.Namespace) -> None:

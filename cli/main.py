@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from engine.errors import BadInputError
+from engine.motion.backends import BACKENDS, DEFAULT_BACKEND
 from engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS
 from engine.motion_space import FPS, MotionControls
 
@@ -24,6 +25,11 @@ def _add_motion_options(parser: argparse.ArgumentParser) -> None:
                         help=f"audio-to-motion model (default: {DEFAULT_MOTION_MODEL})")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="sampling steps of the diffusion models (default: 2 for student, 24 for teacher)")
+    parser.add_argument("--motion-backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="where the diffusion models' denoiser runs: onnxruntime (default; CPU, or CUDA/TensorRT "
+                             "where this onnxruntime build has them; the ONNX file is exported on first use into "
+                             "the cache), torch, or tensorrt (fp16 on a CUDA GPU; refused where unavailable); "
+                             "baseline ignores it")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for blinks, head sway and other free motion; same seed, same video (default: 0)")
     parser.add_argument("--head-motion", type=float, default=1.0, metavar="X",
@@ -41,14 +47,21 @@ def _controls(args: argparse.Namespace) -> MotionControls:
 
 
 def _motion_spec(args: argparse.Namespace) -> str:
-    """``--motion`` plus ``--steps`` as a registry spec (``student:4``)."""
-    from engine.motion.registry import parse_spec
+    """``--motion`` plus ``--steps`` as a registry spec (``student:4``); refuses a
+    ``--motion-backend`` that cannot run here."""
+    from engine.motion.registry import DIFFUSION_MODELS, parse_spec
 
     spec = args.motion if args.steps is None else f"{args.motion}:{args.steps}"
     try:
-        parse_spec(spec)
+        name, _ = parse_spec(spec)
     except ValueError as error:
         raise BadInputError(f"--steps: {error}") from None
+    if name in DIFFUSION_MODELS:
+        from engine.motion.backends import unavailable_reason
+
+        reason = unavailable_reason(args.motion_backend)
+        if reason:
+            raise BadInputError(f"--motion-backend {args.motion_backend} is unavailable: {reason}")
     return spec
 
 
@@ -105,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.stream_bench import add_stream_parsers
 
     add_stream_parsers(bench_kinds)
+    from cli.bench_models import add_models_parser
+
+    add_models_parser(bench_kinds)
 
     from cli.serve import add_serve_parser
 
@@ -134,7 +150,7 @@ def _run_render(args: argparse.Namespace) -> None:
     if args.output.suffix.lower() != ".mp4":
         raise BadInputError(f"{args.output}: output must end in .mp4")
     options = RenderOptions(size=args.size, fps=args.fps, keep_framing=args.keep_framing,
-                            motion=_motion_spec(args), controls=_controls(args))
+                            motion=_motion_spec(args), motion_backend=args.motion_backend, controls=_controls(args))
     sheet_indices: set[int] = set()
 
     def keep(index: int) -> bool:
@@ -164,7 +180,8 @@ def _run_motion(args: argparse.Namespace) -> None:
 
     if args.output.suffix.lower() not in (".csv", ".json"):
         raise BadInputError(f"{args.output}: output must end in .csv or .json")
-    options = RenderOptions(fps=args.fps, motion=_motion_spec(args), controls=_controls(args))
+    options = RenderOptions(fps=args.fps, motion=_motion_spec(args), motion_backend=args.motion_backend,
+                            controls=_controls(args))
     track = audio_to_motion(load_audio(args.audio), options)
     track.save(args.output)
     print(f"wrote {len(track)} frames to {args.output}", file=sys.stderr)

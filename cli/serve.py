@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import BadInputError
+from engine.motion.backends import BACKENDS
 
 DESCRIPTION = """\
 Serve talking portraits over HTTP, WebSocket and WebRTC.
@@ -19,7 +20,8 @@ protocol is described in server/PROTOCOL.md.
 Every option can also be set by an environment variable (the flag wins): EMOLIVE_HOST,
 EMOLIVE_PORT, EMOLIVE_WORKERS, EMOLIVE_MAX_SESSIONS, EMOLIVE_ICE_LOOPBACK=1,
 EMOLIVE_DATA_DIR, EMOLIVE_ICE_SERVERS (comma-separated stun:/turn: URLs),
-EMOLIVE_MOTION, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S.
+EMOLIVE_MOTION, EMOLIVE_MOTION_BACKEND, EMOLIVE_MOTION_BATCHING=0|1,
+EMOLIVE_MOTION_BATCH_WINDOW_MS, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S.
 """
 
 
@@ -46,6 +48,12 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--motion", default=None, metavar="MODEL",
                        help="motion model for sessions that do not choose one: baseline (default), student, "
                             "student:STEPS, teacher or teacher:STEPS")
+    serve.add_argument("--motion-backend", choices=BACKENDS, default=None,
+                       help="where the diffusion models' denoiser runs: onnxruntime (default; its ONNX file is "
+                            "exported into the cache at first use), torch, or tensorrt (fp16 on a CUDA GPU)")
+    serve.add_argument("--motion-batching", action=argparse.BooleanOptionalAction, default=None,
+                       help="step the motion of all sessions that run a diffusion model together, one batched "
+                            "denoiser call per tick (default: on); --no-motion-batching steps each session alone")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve
@@ -79,9 +87,15 @@ def run_serve(args: argparse.Namespace) -> None:
     try:
         settings = Settings.from_env(host=args.host, port=args.port, workers=args.workers,
                                      max_sessions=args.max_sessions, ice_loopback=args.ice_loopback,
-                                     data_dir=args.data_dir, motion=args.motion)
+                                     data_dir=args.data_dir, motion=args.motion, motion_backend=args.motion_backend,
+                                     motion_batching=args.motion_batching)
     except ValueError as error:
         raise BadInputError(f"bad server setting: {error}") from None
+    from engine.motion.backends import unavailable_reason
+
+    reason = unavailable_reason(settings.motion_backend)
+    if reason:
+        raise BadInputError(f"motion backend {settings.motion_backend} is unavailable: {reason}")
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

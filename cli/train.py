@@ -12,8 +12,9 @@ def add_train_parser(commands) -> None:
     train = commands.add_parser(
         "train", help="build the corpus, train the teacher, distil the student, evaluate (one command)",
         description="Synthesise the training corpus (flite, festival, espeak-ng with exact phone timings), train the "
-                    "rectified-flow DiT teacher, distil the 2-step student, and evaluate baseline/teacher/student on the "
-                    "held-out voices and language. --scale full takes about an hour on 2 CPU cores; --scale smoke "
+                    "rectified-flow DiT teacher, distil the 2-step student, calibrate the lip seal on training voices, and evaluate "
+                    "baseline/teacher/student on the "
+                    "held-out voices and language. --scale full takes about 75 minutes on 2 CPU cores; --scale smoke "
                     "runs the same code on a toy corpus in under 2 minutes.",
     )
     train.add_argument("--scale", choices=("full", "smoke"), default="full", help="recipe size (default: full)")

@@ -16,6 +16,7 @@ import numpy as np
 from engine.audio import decode_audio, log_mel, to_mono_16k, video_frame_features
 from engine.avatar import Avatar, register_avatar
 from engine.motion import generate
+from engine.motion.backends import DEFAULT_BACKEND
 from engine.motion.registry import DEFAULT_MOTION_MODEL, create_motion_model
 from engine.motion_space import FPS, MotionControls, MotionTrack
 from engine.render import Renderer
@@ -35,13 +36,14 @@ class RenderOptions:
     fps: float = FPS
     keep_framing: bool = False
     motion: str = DEFAULT_MOTION_MODEL
+    motion_backend: str = DEFAULT_BACKEND  # where a diffusion model's denoiser runs
     controls: MotionControls = MotionControls()
 
 
 def audio_to_motion(samples16k: np.ndarray, options: RenderOptions) -> MotionTrack:
     """16 kHz mono audio -> a motion track at ``options.fps``, one row per video frame."""
     features = video_frame_features(log_mel(samples16k), fps=FPS)
-    track = generate(create_motion_model(options.motion), features, options.controls)
+    track = generate(create_motion_model(options.motion, options.motion_backend), features, options.controls)
     return track.resampled(options.fps)
 
 

@@ -17,22 +17,32 @@ Each turn is resampled twice, to 16 kHz (features) and 48 kHz (voice out), by it
 soxr streams, and the two are aligned by position: 16 kHz turn sample ``s`` is 48 kHz
 samples ``3s .. 3s + 2``, and the reader only takes samples both streams have produced.
 Resampling is lazy (a few pieces per tick), so pushing a minute of audio at once does not
-block the event loop. soxr holds back up to ~40 ms of each stream until more input or
-end_of_turn arrives, and that holdback swings by ~30 ms from one push to the next. So a turn
-starts only once ``TURN_START_BUFFER`` samples beyond the tick's read are ready (or the turn
-has ended): a source pushing at least in real time then never runs the reader dry, and the
-voice of a turn has no inserted gaps. This costs at most one frame of latency per turn.
+block the event loop. soxr holds back part of each stream until more input or end_of_turn
+arrives, and how much swings from one push to the next (6–37 ms for 16, 24 or 48 kHz input,
+up to 178 ms for 8 kHz); the most a rate's streams can hold back is measured once per rate
+(:func:`max_holdback`). A turn that has not ended starts as soon as the reader can take its
+audio with that much, plus a margin for late pushes, still to come, and it may start
+anywhere inside a tick's read, after silence: a source pushing at least in real time then
+never runs the reader dry, the voice of a turn has no inserted gaps, and no turn waits for a
+frame boundary. The margin adapts like a jitter buffer: 10 ms to begin with, grown by what
+each underrun had to fill in (a source or network late by more than that), given back
+slowly while the voice runs clean.
 
 Model steps and renders run in an executor, one job at a time per session; all audio
-bookkeeping stays on the event loop thread, so nothing needs a lock.
+bookkeeping stays on the event loop thread, so nothing needs a lock. With a shared
+:class:`~engine.motion.batching.MotionBatcher` (diffusion models only), the model step goes to
+the batcher instead, batched with the other sessions' steps of the same tick (their clocks
+share its 25 fps grid), and only the render runs in the executor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -45,6 +55,7 @@ import soxr
 from engine.audio import HOP, MELS_PER_FRAME, N_MELS, SAMPLE_RATE, SILENCE_FEATURE, WIN, StreamingLogMel, to_mono
 from engine.errors import BadInputError
 from engine.motion import MAX_LOOKAHEAD_FRAMES, MotionModel
+from engine.motion.batching import MotionBatcher, batchable
 from engine.motion_space import FPS, MotionControls
 from engine.render import Renderer
 from engine.rig import Rig
@@ -66,9 +77,12 @@ EVENT_BACKLOG = 256
 RENDER_SLACK_S = 0.5 / FPS
 # ...or when the loop itself has fallen this far behind: the frames must catch up anyway.
 CATCH_UP_S = 4 / FPS
-# 16 kHz samples a turn holds beyond a tick's read before it starts: one frame covers the
-# resamplers' holdback swing (up to ~600 samples) plus push jitter.
-TURN_START_BUFFER = SAMPLES_PER_FRAME_IN
+# 16 kHz samples a starting turn keeps in hand beyond the most its resamplers can hold back,
+# for pushes that come late (network, event loop): at least this, at most MAX_...; an underrun
+# adds the samples it had to fill in, and each tick without one takes back MARGIN_DECAY.
+TURN_START_MARGIN = SAMPLE_RATE // 100
+MAX_TURN_START_MARGIN = 8 * TURN_START_MARGIN
+MARGIN_DECAY = 1  # 25 samples (1.6 ms) a second: from MAX_TURN_START_MARGIN back to the least in 45 s
 RESAMPLE_PIECE_S = 0.1  # pushed audio is resampled in pieces this long, as the reader needs it
 
 log = logging.getLogger(__name__)
@@ -174,6 +188,26 @@ class _Resampler:
         return [samples if s is None else s.resample_chunk(samples, last=last) for s in self._streams]
 
 
+@functools.cache
+def max_holdback(rate: int) -> int:
+    """The most 16 kHz samples (48 kHz ones / 3) the aligned streams of ``rate`` input hold back.
+
+    soxr's output count does not depend on the samples, so pushing silence in 200 pieces of
+    1–40 ms (fixed seed) through a fresh pair finds it, to within a few samples (95 at 8 kHz:
+    ``TURN_START_MARGIN`` covers that); measured once per rate and process, in ~7 ms.
+    """
+    resampler = _Resampler(rate)
+    pieces = np.random.default_rng(0).integers(1, rate // 25 + 1, size=200)
+    pushed = out16 = out48 = 0
+    worst = 0.0
+    for size in pieces:
+        samples16, samples48 = resampler.process(np.zeros(size, dtype=np.float32))
+        pushed, out16, out48 = pushed + size, out16 + len(samples16), out48 + len(samples48)
+        ideal16 = pushed * SAMPLE_RATE / rate
+        worst = max(worst, ideal16 - out16, ideal16 - out48 / OUT_PER_IN)
+    return math.ceil(worst)
+
+
 class _Turn:
     """One turn's audio: raw pushed pieces, resampled on demand into aligned 16/48 kHz FIFOs."""
 
@@ -184,6 +218,8 @@ class _Turn:
         self.read16 = 0  # 16 kHz samples handed to the feature reader
         self.output48 = 0  # 48 kHz samples emitted in frames
         self.raw_seconds = 0.0
+        self.pushed16 = 0.0  # everything pushed, in 16 kHz samples
+        self.holdback16 = 0  # the most the resamplers of the rates pushed can hold back
         self._raw: deque[tuple[int, np.ndarray]] = deque()
         self._resampler: _Resampler | None = None
         self._flushed = False
@@ -200,11 +236,6 @@ class _Turn:
         return self._flushed and self._in16.size == 0
 
     @property
-    def complete(self) -> bool:
-        """Ended and every pushed sample resampled: nothing more will become available."""
-        return self._flushed
-
-    @property
     def done(self) -> bool:
         """Exhausted and every sample read has been output."""
         return self.exhausted and self.output48 == OUT_PER_IN * self.read16
@@ -213,6 +244,14 @@ class _Turn:
         step = max(1, round(rate * RESAMPLE_PIECE_S))
         self._raw.extend((rate, samples[i : i + step]) for i in range(0, len(samples), step))
         self.raw_seconds += len(samples) / rate
+        self.pushed16 += len(samples) * SAMPLE_RATE / rate
+        self.holdback16 = max(self.holdback16, max_holdback(rate))
+
+    def startable(self, margin: int) -> int:
+        """16 kHz samples an open turn may start with and, if its source keeps pushing in real
+        time, never run dry: what is pushed less what the resamplers may still hold back,
+        less ``margin``."""
+        return max(0, int(self.pushed16) - self.holdback16 - margin)
 
     def available(self, wanted: int) -> int:
         """16 kHz samples readable now (with their 48 kHz), resampling until ``wanted`` are."""
@@ -280,6 +319,7 @@ class _Playout:
         self._open: _Turn | None = None  # the turn push() appends to
         self._turn_ids = itertools.count(1)
         self._interrupted: list[_Turn] = []  # awaiting their playback_finished
+        self.margin = TURN_START_MARGIN  # what a starting turn keeps in hand for late pushes
         # 48 kHz voice read with the features but not yet output, tagged with its turn.
         self._voice: deque[tuple[_Turn | None, np.ndarray]] = deque()
 
@@ -319,11 +359,14 @@ class _Playout:
             if turn.exhausted:
                 continue
             if turn.read16 == 0:
-                # A turn starts with a buffer, so resampler holdback swings never run it dry.
-                wanted = count + TURN_START_BUFFER
-                if turn.available(wanted) < wanted and not turn.complete:
-                    parts.append(np.zeros(count, dtype=np.float32))
-                    self._voice.append((None, np.zeros(OUT_PER_IN * count, dtype=np.float32)))
+                # A turn starts as late inside this read as it must (silence before it), so
+                # that resampler holdback never runs it dry; the module docstring says why.
+                lead = 0 if turn.ended else count - min(count, turn.startable(self.margin))
+                if lead:
+                    parts.append(np.zeros(lead, dtype=np.float32))
+                    self._voice.append((None, np.zeros(OUT_PER_IN * lead, dtype=np.float32)))
+                    count -= lead
+                if count == 0:
                     return np.concatenate(parts)
             take = turn.available(count)
             if take:
@@ -333,9 +376,13 @@ class _Playout:
                 count -= len(samples16)
             if count == 0 or not turn.exhausted:
                 break  # a turn not exhausted is waiting for audio: what is missing is silence
+        underrun = count > 0 and any(not turn.exhausted for turn in self._turns)
+        if underrun:
+            self._stats.underrun_frames += 1
+            self.margin = min(MAX_TURN_START_MARGIN, self.margin + count)
+        else:
+            self.margin = max(TURN_START_MARGIN, self.margin - MARGIN_DECAY)
         if count:
-            if any(not turn.exhausted for turn in self._turns):
-                self._stats.underrun_frames += 1
             parts.append(np.zeros(count, dtype=np.float32))
             self._voice.append((None, np.zeros(OUT_PER_IN * count, dtype=np.float32)))
         return np.concatenate(parts)
@@ -462,6 +509,7 @@ class Session:
         model: MotionModel,
         options: SessionOptions = SessionOptions(),
         executor: concurrent.futures.Executor | None = None,
+        batcher: MotionBatcher | None = None,
     ) -> None:
         if not 0 <= model.lookahead_frames <= MAX_LOOKAHEAD_FRAMES:
             raise ValueError(f"{model.name}: lookahead {model.lookahead_frames} outside 0..{MAX_LOOKAHEAD_FRAMES}")
@@ -471,6 +519,7 @@ class Session:
         self._renderer = Renderer(rig) if options.render_video else None
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emolive-session")
+        self._batcher = batcher if batcher is not None and batchable(model) else None
         self._lookahead = model.lookahead_frames
         self._mel = StreamingLogMel()
         self._window: deque[np.ndarray] = deque(maxlen=self._lookahead + 1)
@@ -483,6 +532,11 @@ class Session:
         self._job: concurrent.futures.Future | None = None
         self._compute_ready = float("-inf")  # loop time the modelled compute queue is free
         self._closed = False
+
+    @property
+    def model(self) -> MotionModel:
+        """The motion model this session steps."""
+        return self._model
 
     @property
     def latency_ms(self) -> float:
@@ -553,11 +607,15 @@ class Session:
 
     def _start(self) -> None:
         if self._task is None and not self._closed:
+            if self._batcher is not None:
+                self._batcher.join()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="emolive-session-clock")
             self._task.add_done_callback(self._on_loop_done)
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         """End the iterators with the loop's error when it stops without close()."""
+        if self._batcher is not None:
+            self._batcher.leave()
         if self._closed:
             return
         # A cancelled compute job (an executor shut down under us) cancels the loop too.
@@ -570,6 +628,8 @@ class Session:
         """The clock: one tick per frame, frames emitted ``L`` ticks after their audio."""
         loop = asyncio.get_running_loop()
         start = loop.time()
+        if self._batcher is not None and self._options.realtime:
+            start = self._batcher.align(start)  # tick with the batcher's other sessions
         for tick in itertools.count():
             deadline = start + tick / FPS
             if self._options.realtime:
@@ -601,12 +661,17 @@ class Session:
         """Compute frame ``index`` off the loop, then queue it with its voice and events;
         returns the compute job's latency in seconds (submit -> done, in the worker)."""
         submitted = time.perf_counter()
-        self._job = self._executor.submit(self._compute, np.stack(self._window), render)
+        features = np.stack(self._window)
+        motion, motion_ms = None, 0.0
+        if self._batcher is not None:
+            motion = (await asyncio.wrap_future(self._batcher.submit(self._model, features)))[0]
+            motion_ms = (time.perf_counter() - submitted) * 1000.0
+        self._job = self._executor.submit(self._compute, features, render, motion)
         motion, image, compute_ms, finished = await asyncio.wrap_future(self._job)
         self._job = None
         # The voice is taken after compute so that an interrupt meanwhile silences it.
         audio, speaking, events = self._playout.pop_frame()
-        self.stats.last_compute_ms = compute_ms
+        self.stats.last_compute_ms = motion_ms + compute_ms
         self.stats.frames_out += 1
         self.stats.frames_dropped += int(image is None and self._renderer is not None)
         self._queue_frame(SessionFrame(index, index / FPS, image, audio, motion, speaking))
@@ -622,11 +687,13 @@ class Session:
             stale.image = None  # bounds the memory a slow consumer holds in images
             self.stats.frames_dropped += 1
 
-    def _compute(self, features: np.ndarray, render: bool) -> tuple[np.ndarray, np.ndarray | None, float, float]:
-        """Runs in the executor: the motion of one frame and, if asked, its image; its run
-        time in ms and the perf_counter it finished at."""
+    def _compute(self, features: np.ndarray, render: bool,
+                 motion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+        """Runs in the executor: the motion of one frame (unless the batcher made it) and, if
+        asked, its image; its run time in ms and the perf_counter it finished at."""
         started = time.perf_counter()
-        motion = self._model.step(features)[0]
+        if motion is None:
+            motion = self._model.step(features)[0]
         image = self._renderer.render(motion) if render and self._renderer is not None else None
         finished = time.perf_counter()
         return motion, image, (finished - started) * 1000.0, finished

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from engine.motion_space import CHANNELS, NUM_CHANNELS
 from engine.rig import Rig
+from export.files import check_graph, sha256_file, sources_hash, up_to_date, write_atomically
 from export.registry import DEFAULT_OPSET, ExportRequest, ExportResult
 
 EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False)"
@@ -41,14 +41,6 @@ MIN_OPSET = 17
 # The module mirrors the CPU renderer's maths and constants: a change to either side is a
 # new build.
 _SOURCES = ("export/renderer.py", "export/onnx_export.py", "engine/render.py", "engine/flow.py", "engine/mouth.py")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def rig_hash(rig: Rig) -> str:
@@ -90,12 +82,7 @@ def code_hash(opset: int) -> str:
 
     from export.renderer import RENDERER_VERSION
 
-    digest = hashlib.sha256(f"v{RENDERER_VERSION}:opset{opset}:torch{torch.__version__}".encode())
-    root = Path(__file__).resolve().parents[1]
-    for name in _SOURCES:
-        digest.update(name.encode())
-        digest.update((root / name).read_bytes())
-    return digest.hexdigest()
+    return sources_hash(f"v{RENDERER_VERSION}:opset{opset}:torch{torch.__version__}", _SOURCES)
 
 
 def renderer_io(rig: Rig) -> dict:
@@ -139,38 +126,12 @@ def export_onnx(rig: Rig, path: Path, opset: int = DEFAULT_OPSET) -> None:
 def check_onnx(path: Path, rig: Rig) -> None:
     """onnx.checker (full check) and strict shape inference; the inferred input and output
     types and shapes must be the documented ones. Raises ValueError otherwise."""
-    import onnx
-
-    onnx.checker.check_model(str(path), full_check=True)
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
-    io = renderer_io(rig)
-    expected = {spec["name"]: spec for spec in io["inputs"] + io["outputs"]}
-    for value in list(model.graph.input) + list(model.graph.output):
-        spec = expected.pop(value.name, None)
-        if spec is None:
-            raise ValueError(f"{path.name}: unexpected graph input/output {value.name!r}")
-        tensor = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        dims = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
-        if np.dtype(dtype).name != spec["dtype"] or dims != spec["shape"]:
-            raise ValueError(f"{path.name}: {value.name} is {np.dtype(dtype).name}{dims}, expected {spec['dtype']}{spec['shape']}")
-    if expected:
-        raise ValueError(f"{path.name}: missing graph inputs/outputs {sorted(expected)}")
+    check_graph(path, renderer_io(rig))
 
 
 def renderer_files(out_dir: Path, content_hash: str, build_key: str) -> tuple[Path, Path]:
     stem = f"renderer-{content_hash[:12]}-{build_key[:12]}"
     return out_dir / f"{stem}.onnx", out_dir / f"{stem}.json"
-
-
-def _up_to_date(path: Path, sidecar: Path, build_key: str) -> dict | None:
-    try:
-        info = json.loads(sidecar.read_text())
-        if info.get("source", {}).get("build_key") == build_key and info.get("sha256") == _sha256_file(path):
-            return info
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
 
 
 def export_renderer_for_rig(
@@ -187,7 +148,7 @@ def export_renderer_for_rig(
     build_key = hashlib.sha256(f"{rig_key}:{code_key}".encode()).hexdigest()
     path, sidecar = renderer_files(out_dir, content_hash, build_key)
     if not force:
-        info = _up_to_date(path, sidecar, build_key)
+        info = up_to_date(path, sidecar, build_key)
         if info is not None:
             return ExportResult("renderer", path, sidecar, cached=True, info=info)
 
@@ -197,20 +158,16 @@ def export_renderer_for_rig(
     from export.renderer import mouth_window
 
     start = time.perf_counter()
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=out_dir)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+
+    def build(tmp: Path) -> None:
         export_onnx(rig, tmp, opset)
         check_onnx(tmp, rig)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; build outputs are ordinary files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomically(path, build)
     info = {
         "model": "renderer",
         "file": path.name,
-        "sha256": _sha256_file(path),
+        "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
         "opset": opset,
         "exporter": EXPORTER,

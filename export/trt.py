@@ -142,7 +142,7 @@ def build_engines(models: list, precision: str = "auto", max_batch: int = 8, opt
         raise TensorRTUnavailable(reason)
     import tensorrt as trt
 
-    from export.onnx_export import _sha256_file
+    from export.files import sha256_file
 
     gpu = (cuda_devices() or ["gpu"])[0]
     results = []
@@ -150,7 +150,7 @@ def build_engines(models: list, precision: str = "auto", max_batch: int = 8, opt
         chosen = _model_precision(model.sidecar, precision)
         stem = f"{model.path.stem}.{chosen}.trt{trt.__version__}.{_slug(gpu)}"
         engine, sidecar = model.path.with_name(stem + ".plan"), model.path.with_name(stem + ".plan.json")
-        key = {"onnx_sha256": _sha256_file(model.path), "tensorrt": trt.__version__, "gpu": gpu,
+        key = {"onnx_sha256": sha256_file(model.path), "tensorrt": trt.__version__, "gpu": gpu,
                "precision": chosen, "batch": [1, opt_batch, max_batch]}
         try:
             cached = not force and engine.is_file() and json.loads(sidecar.read_text()).get("key") == key

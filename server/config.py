@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from engine.motion.backends import check_backend
+
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -50,6 +52,13 @@ class Settings:
     # Motion model for sessions that do not name one ("student", "student:4", "baseline", ...);
     # empty: the engine's default.
     motion: str = ""
+    # Where the diffusion models' denoiser runs: "onnxruntime", "torch" or "tensorrt".
+    motion_backend: str = "onnxruntime"
+    # Sessions running diffusion models hand their motion steps to one batcher: the steps of
+    # one tick go to the denoiser as one batched call.
+    motion_batching: bool = True
+    # How long a tick's batch waits for the steps of sessions that are late to it.
+    motion_batch_window_ms: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -72,6 +81,9 @@ class Settings:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
+        check_backend(self.motion_backend)
+        if not 0.0 <= self.motion_batch_window_ms <= 40.0:
+            raise ValueError(f"motion_batch_window_ms must be between 0 and 40, got {self.motion_batch_window_ms}")
 
 
 def _parse(name: str, raw: str):

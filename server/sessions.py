@@ -22,6 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Protocol
 
+from engine.motion.batching import BatchingConfig, MotionBatcher
 from engine.motion.registry import create_motion_model
 from engine.motion_space import MotionControls
 from server.avatars import AvatarStore
@@ -223,6 +224,7 @@ class LiveSession:
             "mode": self.params.mode,
             "size": self.params.size,
             "motion": self.params.motion,
+            "motion_backend": getattr(getattr(self.engine, "model", None), "backend", None),
             "clients": self.client_count,
             "frames_out": self.frames_out,
             "frames_dropped": self.frames_dropped,
@@ -239,6 +241,9 @@ class SessionRegistry:
         self.store = store
         self.metrics = metrics
         self.executor = executor
+        # One batcher for every session: those running diffusion models step together.
+        self.batcher = (MotionBatcher(BatchingConfig(window_s=settings.motion_batch_window_ms / 1000.0))
+                        if settings.motion_batching else None)
         self._sessions: dict[str, LiveSession] = {}
         self._starting = 0
         self._closing: set[str] = set()
@@ -267,7 +272,7 @@ class SessionRegistry:
         try:
             rig = await self.store.rig_async(params.avatar_id, params.size)
             try:
-                model = await asyncio.to_thread(create_motion_model, params.motion)
+                model = await asyncio.to_thread(create_motion_model, params.motion, self.settings.motion_backend)
             except ValueError as error:
                 raise ApiError(422, f"motion: {error}") from None
             except Exception as error:  # missing or unreadable weights: the server's problem, said plainly
@@ -277,7 +282,7 @@ class SessionRegistry:
                                       seed=params.seed)
             options = SessionOptions(controls=controls, render_video=params.video, realtime=True,
                                      max_pending_seconds=self.settings.max_pending_seconds)
-            engine = Session(rig, model, options, executor=self.executor)
+            engine = Session(rig, model, options, executor=self.executor, batcher=self.batcher)
         except KeyError:
             raise not_found(f"avatar {params.avatar_id!r}") from None
         finally:
@@ -293,7 +298,7 @@ class SessionRegistry:
     async def check_motion(self, spec: str) -> bool:
         """Load ``spec`` once (start-up): a missing model is logged now, not at the first session."""
         try:
-            await asyncio.to_thread(create_motion_model, spec)
+            await asyncio.to_thread(create_motion_model, spec, self.settings.motion_backend)
             return True
         except Exception as error:
             log.error("default motion model %r is unavailable: %s", spec, error)
@@ -351,3 +356,5 @@ class SessionRegistry:
             self._reaper.cancel()
         await asyncio.gather(*(self.close(sid, "server shutting down") for sid in list(self._sessions)),
                              return_exceptions=True)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close)

@@ -226,9 +226,10 @@ def test_missing_audio_for_motion_is_one_clear_line(work_dir: Path) -> None:
 HELP = {
     (): ["render", "motion", "bench", "serve", "export", "train", "eval"],
     ("render",): ["portrait", "audio", "-o", "--output", "--size", "--fps", "--seed", "--head-motion",
-                  "--expressiveness", "--motion", "--keep-framing", "--contact-sheet", "--quiet"],
-    ("motion",): ["audio", "-o", "--output", "--fps", "--seed", "--head-motion", "--expressiveness", "--motion"],
-    ("bench",): ["render", "stream", "soak"],
+                  "--expressiveness", "--motion", "--motion-backend", "--keep-framing", "--contact-sheet", "--quiet"],
+    ("motion",): ["audio", "-o", "--output", "--fps", "--seed", "--head-motion", "--expressiveness", "--motion",
+                  "--motion-backend"],
+    ("bench",): ["render", "stream", "soak", "models"],
     ("bench", "render"): ["--size", "--seconds", "--runs", "--motion"],
 }
 

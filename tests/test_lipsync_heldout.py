@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -25,10 +24,10 @@ from training.tts import available_voices
 
 torch.set_num_threads(1)
 
-# What the shipped student reaches (docs/model.md has the full table). The acceptance
-# targets are higher (r >= 0.85, closure recall >= 0.85, video r >= 0.65): not met yet.
-MIN_R = 0.75
-MIN_RECALL = 0.35
+# Floors a little under what the shipped student reaches (docs/model.md has the full table).
+# The project's targets for r and closure recall are higher (0.85 each): not met yet.
+MIN_R = 0.8
+MIN_RECALL = 0.5
 MAX_OFFSET_MS = 20.0
 MIN_VIDEO_R = 0.5
 MIN_REAL_R = 0.65
@@ -123,4 +122,3 @@ def test_rendered_video_follows_held_out_voice(tmp_path: Path, record_property) 
     record_property("video_r_awb", round(r0, 3))
     print(f"\n[measure] rendered video, held-out flite:awb: mouth gap r {r0:.3f}")
     assert r0 >= MIN_VIDEO_R
-    _ = np

@@ -14,6 +14,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import av
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -165,6 +167,8 @@ def test_tts_over_websocket_comes_back_as_video_and_voice(server, speech):
         peer = Peer()
         await peer.connect(server, session)
         await peer.wait(lambda: len(peer.video) >= 10, timeout=10)
+        live = server.app.state.registry.get(session["session_id"])
+        codecs = sorted(sender.track.codec for sender in live.peer.getSenders() if sender.track is not None)
         url = f"{server.ws_url}/v1/sessions/{session['session_id']}/ws?token={session['token']}"
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "want": ["events"]}))
@@ -176,9 +180,10 @@ def test_tts_over_websocket_comes_back_as_video_and_voice(server, speech):
                 events.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         await asyncio.sleep(0.3)
         await peer.close()
-        return peer, events
+        return peer, events, codecs
 
-    peer, events = run(scenario())
+    peer, events, codecs = run(scenario())
+    assert codecs == ["audio/opus", "video/vp8"]  # the tracks send server.media's packets
     video = peer.video
     assert len(video) >= 25 + 25 * len(speech) / RATE * 0.8
     assert all((f.width, f.height) == (512, 512) for f in video)
@@ -194,6 +199,28 @@ def test_tts_over_websocket_comes_back_as_video_and_voice(server, speech):
     assert np.mean(loudness > 500) * seconds < 1.3 * len(speech) / RATE  # and silence around it
     assert [e["type"] for e in events if e["type"].startswith("playback")] == ["playback_started", "playback_finished"]
     assert gone_within(server, session["session_id"], 5.0) is not None
+
+
+def test_vp8_is_sent_when_the_offer_lists_h264_first(server):
+    from aiortc import RTCRtpSender
+
+    session = new_session(server)
+
+    async def scenario():
+        peer = Peer()
+        receiving = next(t for t in peer.pc.getTransceivers() if t.kind == "video")
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        receiving.setCodecPreferences(sorted(codecs, key=lambda c: c.mimeType != "video/H264"))
+        await peer.connect(server, session)
+        await peer.wait(lambda: len(peer.video) >= 5, timeout=10)
+        live = server.app.state.registry.get(session["session_id"])
+        sent = [s.track.codec for s in live.peer.getSenders() if s.track is not None and s.kind == "video"]
+        await peer.close()
+        return peer, sent
+
+    peer, sent = run(scenario())
+    assert sent == ["video/vp8"]
+    assert all((f.width, f.height) == (512, 512) for f in peer.video)
 
 
 def test_puppet_microphone_drives_the_face_and_is_not_echoed(server, speech):
@@ -308,3 +335,52 @@ async def gather_v6_only() -> list[str]:
     hosts = [c.host for c in connection.local_candidates]
     await connection.close()
     return hosts
+
+
+def test_vp8_packets_decode_to_the_frames_and_keyframes_come_on_request():
+    from server.media import VP8_MAX_BITRATE, VP8_MIN_BITRATE, Vp8Encoder
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), (9, 9), 3)
+    images = [np.roll(base, 2 * k, axis=1) for k in range(6)]
+    encoder = Vp8Encoder()
+    packets = [encoder.encode(image, 3600 * k, keyframe=k == 4) for k, image in enumerate(images)]
+    assert [p.is_keyframe for p in packets] == [True, False, False, False, True, False]
+    assert [p.pts for p in packets] == [3600 * k for k in range(6)]
+    decoder = av.CodecContext.create("libvpx", "r")
+    decoded = [f.to_ndarray(format="rgb24") for p in packets for f in decoder.decode(av.Packet(bytes(p)))]
+    assert len(decoded) == 6
+    for image, frame in zip(images, decoded):
+        mse = np.mean((image.astype(np.float32) - frame) ** 2)
+        assert 10 * np.log10(255**2 / mse) > 30
+    encoder.target_bitrate = 10**9
+    assert encoder.target_bitrate == VP8_MAX_BITRATE
+    encoder.target_bitrate = 1
+    assert encoder.target_bitrate == VP8_MIN_BITRATE
+
+
+def test_keyframe_requests_and_bandwidth_estimates_reach_the_video_track():
+    """aiortc hands PLI/FIR and REMB only to its own encoder; the track must hear them too."""
+    from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
+
+    from server.media import VP8_START_BITRATE
+    from server.webrtc import SessionVideoTrack, _forward_feedback
+
+    class Sender:  # the one method of RTCRtpSender that _forward_feedback wraps
+        def __init__(self) -> None:
+            self.seen: list[Any] = []
+
+        async def _handle_rtcp_packet(self, packet: Any) -> None:
+            self.seen.append(packet)
+
+    sender, track = Sender(), SessionVideoTrack(live=None)  # type: ignore[arg-type]
+    _forward_feedback(sender, track)  # type: ignore[arg-type]
+    assert track._encoder.target_bitrate == VP8_START_BITRATE
+    for fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+        track._keyframe = False
+        run(sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=fmt, ssrc=1, media_ssrc=2)))
+        assert track._keyframe
+    remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(800_000, [2]))
+    run(sender._handle_rtcp_packet(remb))
+    assert track._encoder.target_bitrate == 800_000
+    assert len(sender.seen) == 3  # aiortc's own handling still runs

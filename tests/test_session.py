@@ -364,6 +364,59 @@ def test_a_failing_model_ends_frames_with_its_error(rig) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 48000])
+def test_a_turn_starts_inside_a_read_as_soon_as_holdback_allows_and_never_runs_dry(rate: int) -> None:
+    """One frame of audio per read, pushed in uneven pieces: the turn starts in the read where
+    what is pushed first exceeds what the resamplers may hold back (plus the margin), after
+    silence inside that read, and from there the reader never meets a missing sample."""
+    from engine.session import TURN_START_MARGIN, SessionStats, _Playout, max_holdback
+
+    rng = np.random.default_rng(rate)
+    per_read = rate // FPS
+    t = np.arange(120 * per_read) / rate
+    audio = (0.5 + 0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # never zero
+    playout = _Playout(SessionStats())
+    reads = []
+    for k in range(120):
+        frame = audio[k * per_read : (k + 1) * per_read]
+        for piece in np.split(frame, np.sort(rng.integers(0, per_read, 2))):
+            playout.push(piece, rate)
+        reads.append(playout.read(SAMPLES_PER_FRAME_IN))
+    out = np.concatenate(reads)
+    first = int(np.flatnonzero(out)[0])
+    assert (out[first:] != 0).all()
+    # Pushes keep pace with reads, so the voice lags its input by exactly that much.
+    assert first == max_holdback(rate) + TURN_START_MARGIN
+    assert first % SAMPLES_PER_FRAME_IN != 0  # inside a read, not at a frame boundary
+
+
+def test_underruns_widen_the_start_margin_and_clean_reads_narrow_it() -> None:
+    from engine.session import MARGIN_DECAY, TURN_START_MARGIN, SessionStats, _Playout, max_holdback
+
+    rate, n = 48000, 48000 // FPS
+    audio = (0.5 + 0.3 * np.sin(np.arange(60 * n) * 0.05)).astype(np.float32)  # never zero
+    stats = SessionStats()
+    playout = _Playout(stats)
+    for k in range(10):  # a turn in real time ...
+        playout.push(audio[k * n : (k + 1) * n], rate)
+        playout.read(SAMPLES_PER_FRAME_IN)
+    stalled = np.concatenate([playout.read(SAMPLES_PER_FRAME_IN) for _ in range(2)])  # ... whose source stalls
+    filled = int(np.sum(stalled == 0))
+    assert stats.underrun_frames > 0 and filled > 0
+    assert TURN_START_MARGIN + filled - MARGIN_DECAY <= playout.margin <= TURN_START_MARGIN + filled
+    playout.push(audio[10 * n : 11 * n], rate)
+    playout.end_turn()
+    for _ in range(20):
+        playout.read(SAMPLES_PER_FRAME_IN)
+    margin = playout.margin
+    assert margin < TURN_START_MARGIN + filled  # given back while the voice runs clean
+    reads = []
+    for k in range(20, 40):  # the next turn starts with the wider margin in hand
+        playout.push(audio[k * n : (k + 1) * n], rate)
+        reads.append(playout.read(SAMPLES_PER_FRAME_IN))
+    assert int(np.flatnonzero(np.concatenate(reads))[0]) == max_holdback(rate) + margin
+
+
 @pytest.mark.parametrize("rate", [16000, 24000])
 def test_real_time_pushes_play_without_gaps(rig, speech: np.ndarray, rate: int) -> None:
     """20 ms chunks pushed at exactly real time: the turn's voice is its input at 48 kHz,

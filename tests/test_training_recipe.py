@@ -128,6 +128,15 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
         np.testing.assert_array_equal(frames, clip_frames(frames))
     assert set(metrics["models"]) == {"baseline", "teacher", "student"}
     assert "| student |" in metrics["table"]
+    from training.evaluate import SEAL_BIASES
+
+    for kind in ("teacher", "student"):
+        calibration = metrics["seal_calibration"][kind]
+        assert [row[0] for row in calibration["table"]] == list(SEAL_BIASES)
+        recalls = [row[1] for row in calibration["table"]]
+        assert recalls[-1] >= recalls[0]  # a larger seal bias never closes fewer bilabials
+        model = DiffusionMotion.from_file(tmp_path / "weights" / f"{kind}.safetensors")
+        assert model.seal_bias == calibration["bias"]
 
 
 def test_training_is_reproducible(tmp_path) -> None:

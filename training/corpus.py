@@ -278,6 +278,33 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
     return plan
 
 
+# Calibration: voices the model trained on, saying sentences it never heard. The seal bias
+# (training.evaluate.calibrate_seal_bias) is chosen here, never on the held-out voices.
+CALIBRATION_VOICES = ("flite:slt", "flite:kal", "festival:kal_diphone", "espeak-ng:en-us")
+
+
+def calibration_jobs(seed: int, per_voice: int = 6) -> list[Job]:
+    """Clean (unaugmented) utterances of training voices on the held-out English sentences."""
+    jobs = []
+    for v, voice in enumerate(CALIBRATION_VOICES):
+        for j in range(per_voice):
+            k = len(jobs)
+            text = EVAL_SENTENCES[(j + 3 * v) % len(EVAL_SENTENCES)]
+            jobs.append(Job(k, voice, text, seed * 13 + k, "eval", "calibration"))
+    return jobs
+
+
+def calibration_clips(seed: int, per_voice: int = 6, workers: int = 2) -> list[tuple[np.ndarray, list[Phone], str]]:
+    """(16 kHz audio, phones, group) of :func:`calibration_jobs`, synthesised."""
+    clips = []
+    jobs = [(job, 1) for job in calibration_jobs(seed, per_voice)]
+    for made in run_jobs(jobs, workers=workers, log=lambda _: None):
+        if made:
+            clip = made[0]
+            clips.append((clip["audio"], [Phone(*p) for p in clip["phones"]], clip["group"]))
+    return clips
+
+
 # ----------------------------------------------------------------------------- synthesis
 
 

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from engine.motion.diffusion import DiffusionMotion, save_model
-from engine.motion.dit import DiTConfig
-from training.corpus import HELD_OUT_LANGUAGE, HELD_OUT_LANGUAGE_VOICES, HELD_OUT_VOICES, build_corpus, load_corpus
+from engine.motion.dit import DiTConfig, MotionDiT
+from training.corpus import (
+    HELD_OUT_LANGUAGE, HELD_OUT_LANGUAGE_VOICES, HELD_OUT_VOICES, build_corpus, calibration_clips, load_corpus,
+)
 from training.dataset import WindowSampler, channel_stats
 from training.train import DistillConfig, TrainConfig, distill_student, train_teacher
 
@@ -44,12 +46,13 @@ class RecipeConfig:
     student_steps: int = 2
     workers: int = 2
     bench_seconds: float = 8.0
+    calibration_per_voice: int = 6
 
 
 SCALES = {
     "full": RecipeConfig,
     "smoke": lambda: RecipeConfig(
-        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0,
+        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0, calibration_per_voice=1,
         model=DiTConfig(past_frames=8, audio_hidden=32, d_model=64, depth=2, heads=2),
         teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
         student=DistillConfig(pairs=512, pair_batch=256, steps=30, batch=64, warmup=5),
@@ -57,7 +60,7 @@ SCALES = {
 }
 
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: tighter jaw and lip-seal reach in training.targets
 
 
 def _log(message: str) -> None:
@@ -98,11 +101,15 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
     student, student_hist = distill_student(teacher, sampler, cfg.student, log=log)
     timings["student_s"] = student_hist.seconds
 
+    t1 = time.perf_counter()
+    calibration = calibrate_seal(teacher, student, cfg, seed, log)
+    timings["calibration_s"] = time.perf_counter() - t1
+
     weights = out_dir / "weights"
     save_model(teacher, weights / "teacher.safetensors", kind="teacher", steps=cfg.teacher_steps,
-               extra={"seed": seed, "scale": scale})
+               seal_bias=calibration["teacher"]["bias"], extra={"seed": seed, "scale": scale})
     save_model(student, weights / "student.safetensors", kind="student", steps=cfg.student_steps,
-               extra={"seed": seed, "scale": scale})
+               seal_bias=calibration["student"]["bias"], extra={"seed": seed, "scale": scale})
 
     t1 = time.perf_counter()
     metrics = evaluate_weights(paths["eval"], weights, cfg.teacher_steps, cfg.student_steps, log=log,
@@ -125,6 +132,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
                      "student_loss_last": float(np.mean(student_hist.losses[-10:])),
                      "teacher_steps_run": teacher_hist.steps, "student_steps_run": student_hist.steps},
         "machine": {"cpu_threads": 1, "platform": platform.platform(), "torch": torch.__version__},
+        "seal_calibration": calibration,
     })
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     log(metrics["table"])
@@ -142,6 +150,22 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         write_model_card(metrics, SHIPPED_WEIGHTS / "MODEL_CARD.md")
         log(f"recipe: installed weights and model card in {SHIPPED_WEIGHTS}")
     return metrics
+
+
+def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, seed: int, log=print) -> dict:
+    """Seal bias of each model (training.evaluate.calibrate_seal_bias) on training voices saying
+    unseen sentences -> {kind: {"bias", "table": [(bias, closure recall, false closures)]}}."""
+    from training.evaluate import calibrate_seal_bias
+
+    clips = calibration_clips(seed, cfg.calibration_per_voice, cfg.workers)
+    out = {}
+    for kind, model, steps in (("teacher", teacher, cfg.teacher_steps), ("student", student, cfg.student_steps)):
+        result = calibrate_seal_bias(DiffusionMotion(model, steps=steps, name=kind), clips, seed=seed)
+        out[kind] = {"bias": result.bias, "table": result.table}
+        best = next(row for row in result.table if row[0] == result.bias)
+        log(f"recipe: {kind} seal bias {result.bias} (closure recall {best[1]:.3f}, "
+            f"false closures {best[2]:.3f} on {len(clips)} calibration utterances)")
+    return out
 
 
 def evaluate_weights(eval_path: Path, weights: Path, teacher_steps: int, student_steps: int, log=print,

@@ -207,7 +207,7 @@ def distill_student(teacher: MotionDiT, sampler: WindowSampler, cfg: DistillConf
         hist.losses.append(float(out.detach()))
         hist.steps = step + 1
         if (step + 1) % 100 == 0 or step == 0:
-            log(f"student step {step + 1}/{cfg.steps} reflow {float(reflow):.4f} output {np.mean(hist.losses[-100:]):.4f} "
+            log(f"student step {step + 1}/{cfg.steps} reflow {float(reflow.detach()):.4f} output {np.mean(hist.losses[-100:]):.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
         if cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s:
             log(f"student: time limit reached at step {step + 1}")

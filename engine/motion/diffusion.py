@@ -17,6 +17,10 @@ frames gives exactly the frames :func:`engine.motion.generate` gives. The noise 
 drawn from one generator seeded by ``controls.seed``: same seed, same motion; other seeds move
 the head, brows and blinks differently while the lips stay on the audio.
 
+Only the denoiser call depends on where the model runs (``torch``, ``onnxruntime``,
+``tensorrt``: :mod:`engine.motion.backends`); :func:`step_batch` steps many streams at once
+with one denoiser call per sampler step for all of them (:mod:`engine.motion.batching`).
+
 Weights are safetensors files with the config and sampling defaults in their metadata:
 ``engine/motion/weights/{teacher,student}.safetensors``.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +38,9 @@ import torch
 
 from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
 from engine.motion import hop_length
+from engine.motion.backends import Denoiser, DenoiserInputs, TorchDenoiser, create_denoiser
 from engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
-from engine.motion.sampler import time_grid
+from engine.motion.sampler import sample
 from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -42,6 +48,7 @@ BLINK_CLOCK_S = 6.0  # the blink clock saturates here: "a long time ago"
 BLINK_ONSET = 0.5
 BLINK_INDEX = INDEX["eyeBlinkLeft"]
 assert INDEX["eyeBlinkRight"] == BLINK_INDEX + 1
+SEAL_INDEX = INDEX["mouthClose"]
 FIRST_BLINK_S = (0.3, 2.5)
 BLINK_MEAN_S = 3.4
 
@@ -64,12 +71,14 @@ def frames_since_blink_onset(blink: np.ndarray, start: float = 1e6) -> np.ndarra
     return out
 
 
-def save_model(model: MotionDiT, path: str | Path, *, kind: str, steps: int, extra: dict | None = None) -> None:
+def save_model(model: MotionDiT, path: str | Path, *, kind: str, steps: int, seal_bias: float = 0.0,
+               extra: dict | None = None) -> None:
     """Write weights + config + default step count as one safetensors file."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {"config": model.cfg.to_json(), "kind": kind, "steps": str(steps), "format": "emolive-motion-dit-1"}
+    meta = {"config": model.cfg.to_json(), "kind": kind, "steps": str(steps), "seal_bias": repr(float(seal_bias)),
+            "format": "emolive-motion-dit-1"}
     if extra:
         meta["extra"] = json.dumps(extra, sort_keys=True)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -95,17 +104,21 @@ def load_model(path: str | Path) -> tuple[MotionDiT, dict]:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(path: str) -> tuple[MotionDiT, dict]:
+def load_cached(path: str) -> tuple[MotionDiT, dict]:
+    """:func:`load_model`, once per resolved path and process (models are read-only)."""
     return load_model(path)
 
 
 class DiffusionMotion:
-    """Streaming DiT motion (teacher or distilled student). Implements MotionModel."""
+    """Streaming DiT motion (teacher or distilled student). Implements MotionModel.
+
+    The denoiser (``denoiser``, default: the torch module) is the only part that depends on
+    the backend; noise, sampling, buffer and blink guard are here, the same for all of them."""
 
     lookahead_frames = 2
-    pin_lips = True
 
-    def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0) -> None:
+    def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0,
+                 seal_bias: float = 0.0, denoiser: Denoiser | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.model = model
@@ -115,21 +128,30 @@ class DiffusionMotion:
         self.steps = steps
         self.name = name
         self.speed = speed
-        self._grid = time_grid(steps)
+        self.seal_bias = seal_bias
+        self.denoiser = denoiser or TorchDenoiser(model)
+        self._mean = model.mean.numpy().astype(np.float32)
+        self._std = model.std.numpy().astype(np.float32)
         self.start(MotionControls())
 
     @classmethod
     def from_file(cls, path: str | Path, *, steps: int | None = None, name: str | None = None,
-                  speed: float = 1.0) -> "DiffusionMotion":
-        model, meta = _cached(str(Path(path).resolve()))
-        return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"), speed=speed)
+                  speed: float = 1.0, backend: str = "torch") -> "DiffusionMotion":
+        """Load weights; ``backend`` picks the denoiser's runtime (:mod:`engine.motion.backends`)."""
+        model, meta = load_cached(str(Path(path).resolve()))
+        return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"),
+                   speed=speed, seal_bias=float(meta.get("seal_bias", 0.0)),
+                   denoiser=create_denoiser(path, model, backend))
+
+    @property
+    def backend(self) -> str:
+        return self.denoiser.backend
 
     def start(self, controls: MotionControls) -> None:
         cfg = self.cfg
         self._controls = controls
         self._rng = np.random.Generator(np.random.PCG64(controls.seed))
-        with torch.no_grad():
-            rest = self.model.normalise(torch.zeros(NUM_CHANNELS)).numpy()
+        rest = -self._mean / self._std  # the rest frame (all zeros), normalised
         self._buffer = np.tile(rest, (cfg.past_frames, 1)).astype(np.float32)  # normalised past frames
         self._audio = np.full((cfg.audio_past, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)
         self._ctrl = [controls.head_motion, self.speed, controls.expressiveness]
@@ -142,53 +164,51 @@ class DiffusionMotion:
         self._guard_profile: list[float] = []
 
     def step(self, features: np.ndarray) -> np.ndarray:
+        return step_batch([self], [features])[0]
+
+    def _hops(self, features: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Validate ``step()`` input and cut it into hops: (features of the hop and its
+        lookahead, padded to ``H + L`` frames; frames to generate, 1 or 2)."""
         features = np.asarray(features, dtype=np.float32)
         count = hop_length(features, self.lookahead_frames)
-        out = []
-        begin = 0
-        hop = self.cfg.hop_frames
-        while begin < count:
+        hop, la = self.cfg.hop_frames, self.lookahead_frames
+        hops = []
+        for begin in range(0, count, hop):
             n = min(hop, count - begin)
-            out.append(self._hop(features[begin : begin + n + self.lookahead_frames], n))
-            begin += n
-        if not out:
-            return np.zeros((0, NUM_CHANNELS), np.float32)
-        return np.concatenate(out)
+            window = features[begin : begin + n + la]
+            if n < hop:
+                pad = np.full((hop - n, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)
+                window = np.concatenate([window, pad])
+            hops.append((window, n))
+        return hops
 
-    def _hop(self, window: np.ndarray, n: int) -> np.ndarray:
-        """``n`` (1 or 2) frames from the hop's features (n + lookahead frames)."""
+    def _prepare(self, window: np.ndarray, n: int) -> DenoiserInputs:
+        """The denoiser inputs of one hop (a batch of 1), ``x_t`` = its seeded noise at t = 1."""
         cfg = self.cfg
-        missing = np.zeros(cfg.audio_frames, bool)
+        missing = np.zeros((1, cfg.audio_frames), np.float32)
         if n < cfg.hop_frames:
-            pad = np.full((cfg.hop_frames - n, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)
-            window = np.concatenate([window, pad])
-            missing[-(cfg.hop_frames - n) :] = True
-        audio = np.concatenate([self._audio, window])[None]
+            missing[0, -(cfg.hop_frames - n) :] = 1.0
         noise = self._rng.standard_normal((1, cfg.hop_frames, NUM_CHANNELS)).astype(np.float32)
-        if self.pin_lips:
-            # Lips are the audio's: they start from the centre of the noise, so every seed
-            # gives the same mouth while head, brows and blinks still follow the seed.
-            noise[..., AUDIO_CHANNELS] = 0.0
-        model = self.model
-        with torch.inference_mode():
-            audio_tokens = model.encode_audio(torch.from_numpy(audio), torch.from_numpy(missing[None]) if n < cfg.hop_frames else None)
-            ctrl = torch.tensor([self._ctrl + [float(blink_clock(self._since_onset))]], dtype=torch.float32)
-            fixed, parts = model.context(torch.from_numpy(self._buffer[None]), audio_tokens, ctrl)
-            x = torch.from_numpy(noise)
-            for t, t_next in zip(self._grid[:-1], self._grid[1:]):
-                v = model.velocity(x, torch.full((1,), t), fixed, parts)
-                x = x + (t_next - t) * v
-            frames = model.denormalise(x)[0, :n].numpy()
-        frames = clip_frames(frames)
+        # Lips are the audio's: they start from the centre of the noise, so every seed gives
+        # the same mouth while head, brows and blinks still follow the seed. The lip seal starts
+        # at a calibrated bias: from the centre, a bilabial would close only where the model is
+        # more than half sure of it (training.evaluate.calibrate_seal_bias).
+        noise[..., AUDIO_CHANNELS] = 0.0
+        noise[..., SEAL_INDEX] = self.seal_bias
+        controls = np.array([self._ctrl + [float(blink_clock(self._since_onset))]], np.float32)
+        audio = np.concatenate([self._audio, window])[None]
+        return DenoiserInputs(noise, np.ones(1, np.float32), self._buffer[None], audio, controls, missing)
+
+    def _finish(self, x0: np.ndarray, window: np.ndarray, n: int) -> np.ndarray:
+        """The hop's ``n`` frames from its sampled ``x0`` (H, C normalised); advances the state."""
+        frames = clip_frames(x0[:n] * self._std + self._mean)
         if self._controls.head_motion == 0.0:
             frames[:, HEAD_SLICE] = 0.0
         self._guard_blinks(frames)
-        with torch.no_grad():
-            normed = model.normalise(torch.from_numpy(frames)).numpy()
+        normed = (frames - self._mean) / self._std
         self._buffer = np.concatenate([self._buffer[n:], normed]).astype(np.float32)
-        self._audio = np.concatenate([self._audio, window[:n]])[-cfg.audio_past :]
+        self._audio = np.concatenate([self._audio, window[:n]])[-self.cfg.audio_past :]
         return frames
-
 
     def _guard_blinks(self, frames: np.ndarray) -> None:
         """Update the blink clock; fill a blink in where the model has gone too long without one.
@@ -222,4 +242,33 @@ def default_weights(kind: str) -> Path:
     return WEIGHTS_DIR / f"{kind}.safetensors"
 
 
-_ = math
+def sample_hops(denoiser: Denoiser, hops: list[DenoiserInputs], steps: int) -> np.ndarray:
+    """Sample the hops together: one denoiser call per step for all of them -> (B, H, C) x_0."""
+    batch = DenoiserInputs(*(np.concatenate(parts) for parts in zip(*hops)))
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(denoiser(batch._replace(x_t=x.numpy(), t=t.numpy())))
+
+    return sample(velocity, torch.from_numpy(batch.x_t), steps).numpy()
+
+
+def step_batch(models: Sequence[DiffusionMotion], features: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``[model.step(f) for model, f in zip(models, features)]`` with the sampling of models
+    that share a denoiser and a step count batched: one denoiser call per sampler step for all
+    of them. Each model keeps its own noise, buffer and blink guard, so the frames are those of
+    stepping each model alone (up to the backend's batch-size rounding, about 1e-6)."""
+    if len({id(model) for model in models}) != len(models):
+        raise ValueError("step_batch: a model may appear only once (it holds one stream's state)")
+    plans = [model._hops(f) for model, f in zip(models, features, strict=True)]
+    outputs: list[list[np.ndarray]] = [[] for _ in models]
+    for round_ in range(max(map(len, plans), default=0)):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, plan in enumerate(plans):
+            if round_ < len(plan):
+                groups.setdefault((id(models[i].denoiser), models[i].steps), []).append(i)
+        for members in groups.values():
+            first = models[members[0]]
+            inputs = [models[i]._prepare(*plans[i][round_]) for i in members]
+            for i, x0 in zip(members, sample_hops(first.denoiser, inputs, first.steps)):
+                outputs[i].append(models[i]._finish(x0, *plans[i][round_]))
+    return [np.concatenate(out) if out else np.zeros((0, NUM_CHANNELS), np.float32) for out in outputs]

@@ -4,11 +4,14 @@ A model spec is a name, optionally with a sampling step count: ``student`` (the 
 diffusion model, 2 steps), ``student:1``, ``teacher`` (24 steps), ``teacher:8``, or
 ``baseline`` (the hand-built reference, no steps). ``baseline`` stays the default until the
 trained models meet their lip-sync acceptance (see engine/motion/weights/MODEL_CARD.md).
+The diffusion models' denoiser runs on a backend (:mod:`engine.motion.backends`), ONNX
+Runtime by default; ``baseline`` has no denoiser and ignores it.
 """
 
 from __future__ import annotations
 
 from engine.motion import MotionModel
+from engine.motion.backends import DEFAULT_BACKEND, check_backend
 from engine.motion.baseline import BaselineMotion
 
 MOTION_MODELS: tuple[str, ...] = ("student", "teacher", "baseline")
@@ -31,11 +34,14 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     return name, int(steps)
 
 
-def create_motion_model(spec: str) -> MotionModel:
-    """A fresh model instance (models hold per-stream state: one per stream); weights are shared."""
+def create_motion_model(spec: str, backend: str = DEFAULT_BACKEND) -> MotionModel:
+    """A fresh model instance (models hold per-stream state: one per stream); weights and the
+    denoiser are shared. Raises ValueError for a bad spec or backend name and
+    :class:`engine.motion.backends.BackendUnavailable` when the backend cannot run here."""
     name, steps = parse_spec(spec)
+    check_backend(backend)
     if name == "baseline":
         return BaselineMotion()
     from engine.motion.diffusion import DiffusionMotion, default_weights
 
-    return DiffusionMotion.from_file(default_weights(name), steps=steps, name=name)
+    return DiffusionMotion.from_file(default_weights(name), steps=steps, name=name, backend=backend)

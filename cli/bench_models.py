@@ -1,0 +1,317 @@
+"""``emolive bench models``: the motion denoiser per backend, and live sessions with and
+without batching. A benchmark, never a test: timings depend on the machine and its load
+(the load average is printed with every table; compare ratios, not milliseconds).
+
+1. ms per denoiser call (one sampler step) for each backend and batch size, one thread
+   (``torch.set_num_threads(1)``, ONNX Runtime ``intra_op_num_threads=1``), the median of
+   ``--rounds`` x ``--calls`` calls; backends and batch sizes take turns round by round, so
+   a change in the machine's load falls on all of them alike.
+2. Sessions sustained at 25 fps: N live ``engine.session.Session`` objects in one process
+   (realtime clock, the student's motion, speech queued as one long turn each, ``--workers``
+   compute threads as the server), with the motion batcher on and off. A session holds
+   25 fps when it emits at least 24 frames per second over the measurement window; N grows
+   (doubling, then bisecting) until some session does not. Without ``--video`` the sessions
+   make motion only (as WebSocket clients that drive their own 3D avatars); with it they
+   also render at ``--size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import BadInputError
+
+HOLD_FPS = 24.0
+WARMUP_S = 1.5
+
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
+
+def add_models_parser(bench_kinds) -> argparse.ArgumentParser:
+    from engine.motion.backends import BACKENDS
+
+    parser = bench_kinds.add_parser(
+        "models", help="motion denoiser ms per call per backend and batch size; 25 fps sessions with batching on/off",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--motion", default="student", metavar="MODEL",
+                        help="diffusion model to measure: student (default), student:STEPS, teacher, teacher:STEPS")
+    parser.add_argument("--backends", default=",".join(BACKENDS), metavar="LIST",
+                        help=f"comma-separated backends to time (default: {','.join(BACKENDS)}); one that cannot "
+                             "run here is reported as unavailable, with the reason")
+    parser.add_argument("--batches", default="1,4,8,16", metavar="LIST",
+                        help="comma-separated batch sizes to time (default: 1,4,8,16)")
+    parser.add_argument("--rounds", type=int, default=25, metavar="N",
+                        help="rounds of timing; every backend and batch size is timed once per round (default: 25)")
+    parser.add_argument("--calls", type=int, default=20, metavar="N",
+                        help="denoiser calls per backend, batch size and round; the median of all is reported "
+                             "(default: 20)")
+    parser.add_argument("--session-backend", default="onnxruntime", choices=BACKENDS,
+                        help="backend the live sessions run on (default: onnxruntime)")
+    parser.add_argument("--seconds", type=float, default=5.0, metavar="S",
+                        help=f"measurement window per session count, after {WARMUP_S:g} s of warm-up (default: 5)")
+    parser.add_argument("--max-sessions", type=int, default=64, metavar="N",
+                        help="largest session count tried (default: 64)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="compute threads shared by the sessions, as `emolive serve --workers` (default: 2)")
+    parser.add_argument("--video", action="store_true",
+                        help="sessions also render video frames (default: motion only)")
+    parser.add_argument("--size", type=int, default=512, metavar="N",
+                        help="frame size when rendering with --video (default: 512)")
+    parser.add_argument("--skip-sessions", action="store_true",
+                        help="time the denoiser only; no live sessions")
+    return parser
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BadInputError(f"{option}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1 or max(values) > 256:
+        raise BadInputError(f"{option}: values must be between 1 and 256, got {text!r}")
+    return values
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _check(args: argparse.Namespace) -> tuple[str, list[str], list[int]]:
+    from engine.motion.backends import BACKENDS
+    from engine.motion.registry import DIFFUSION_MODELS, parse_spec
+
+    try:
+        name, _ = parse_spec(args.motion)
+    except ValueError as error:
+        raise BadInputError(f"--motion: {error}") from None
+    if name not in DIFFUSION_MODELS:
+        raise BadInputError(f"--motion: {name} has no denoiser to measure; choose student or teacher")
+    backends = [part.strip() for part in args.backends.split(",") if part.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise BadInputError(f"--backends: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}")
+    for option, value, low in (("--rounds", args.rounds, 1), ("--calls", args.calls, 1), ("--max-sessions", args.max_sessions, 1),
+                               ("--workers", args.workers, 1)):
+        if value < low:
+            raise BadInputError(f"{option} must be at least {low}, got {value}")
+    if not args.seconds > 0:
+        raise BadInputError(f"--seconds must be positive, got {args.seconds}")
+    if not 64 <= args.size <= 2048:
+        raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
+    if not args.skip_sessions:
+        from engine.motion.backends import unavailable_reason
+
+        reason = unavailable_reason(args.session_backend)
+        if reason:
+            raise BadInputError(f"--session-backend {args.session_backend} is unavailable: {reason}")
+    return args.motion, backends, _int_list(args.batches, "--batches")
+
+
+# ------------------------------------------------------------------------- denoiser calls
+
+
+def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: int, calls: int,
+                   on_round: Callable[[int], None] | None = None) -> tuple[dict[tuple[str, int], float], dict[str, str]]:
+    """Median ms per call for every (backend, batch) that can run, and why the others cannot."""
+    import torch
+
+    from engine.motion.backends import BackendUnavailable
+    from engine.motion.registry import create_motion_model
+    from export.denoiser import random_inputs
+
+    torch.set_num_threads(1)
+    denoisers, unavailable = {}, {}
+    for backend in backends:
+        try:
+            denoisers[backend] = create_motion_model(spec, backend).denoiser
+        except BackendUnavailable as error:
+            unavailable[backend] = str(error)
+    cfg = create_motion_model(spec, "torch").cfg
+    inputs = {batch: random_inputs(cfg, batch, seed=batch) for batch in batches}
+    samples: dict[tuple[str, int], list[float]] = {(b, n): [] for b in denoisers for n in batches}
+    for denoiser in denoisers.values():  # warm up (first calls allocate and plan)
+        for batch in batches:
+            for _ in range(5):
+                denoiser(inputs[batch])
+    for round_ in range(rounds):
+        for backend, denoiser in denoisers.items():
+            for batch in batches:
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    denoiser(inputs[batch])
+                    samples[backend, batch].append(1000.0 * (time.perf_counter() - start))
+        if on_round is not None:
+            on_round(round_)
+    return {key: statistics.median(values) for key, values in samples.items()}, unavailable
+
+
+# --------------------------------------------------------------------------- live sessions
+
+
+@dataclass
+class SessionsRun:
+    sessions: int
+    min_fps: float
+    median_fps: float
+    batches: int = 0  # batcher calls in the window (batching on)
+    mean_batch: float = 0.0
+
+    @property
+    def holds(self) -> bool:
+        return self.min_fps >= HOLD_FPS
+
+
+async def _run_sessions(rig, spec: str, backend: str, n: int, batching: bool, seconds: float, workers: int,
+                        video: bool, speech: np.ndarray) -> SessionsRun:
+    from engine.motion.batching import MotionBatcher
+    from engine.motion.registry import create_motion_model
+    from engine.motion_space import MotionControls
+    from engine.session import Session, SessionOptions
+
+    executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-models")
+    batcher = MotionBatcher() if batching else None
+    sessions = [Session(rig, create_motion_model(spec, backend),
+                        SessionOptions(controls=MotionControls(seed=i), render_video=video, max_pending_seconds=600),
+                        executor=executor, batcher=batcher) for i in range(n)]
+    for session in sessions:
+        session.push_audio(speech, 16000)
+    t0 = time.monotonic()
+    window = (t0 + WARMUP_S, t0 + WARMUP_S + seconds)
+    counts = [0] * n
+    marks: dict[str, tuple[int, int]] = {}
+
+    async def consume(i: int) -> None:
+        async for _ in sessions[i].frames():
+            now = time.monotonic()
+            if window[0] <= now < window[1]:
+                counts[i] += 1
+            elif now >= window[1]:
+                return
+
+    async def mark() -> None:
+        if batcher is None:
+            return
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        marks["start"] = (batcher.stats.batches, batcher.stats.steps)
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        marks["end"] = (batcher.stats.batches, batcher.stats.steps)
+
+    await asyncio.gather(mark(), *(consume(i) for i in range(n)))
+    for session in sessions:
+        await session.close()
+    if batcher is not None:
+        batcher.close()
+    executor.shutdown(wait=True)
+    fps = [count / seconds for count in counts]
+    run = SessionsRun(n, min(fps), statistics.median(fps))
+    if marks:
+        run.batches = marks["end"][0] - marks["start"][0]
+        run.mean_batch = (marks["end"][1] - marks["start"][1]) / max(run.batches, 1)
+    return run
+
+
+def sustained(run: Callable[[int], SessionsRun], limit: int, log: Callable[[SessionsRun], None]) -> tuple[int, list[SessionsRun]]:
+    """The largest N <= ``limit`` where ``run(N)`` holds 25 fps: doubling, then bisecting."""
+    runs: list[SessionsRun] = []
+
+    def holds(n: int) -> bool:
+        result = run(n)
+        runs.append(result)
+        log(result)
+        return result.holds
+
+    good, bad, n = 0, limit + 1, 1
+    while n <= limit and holds(n):
+        good, n = n, n * 2
+    bad = min(n, bad)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if holds(middle):
+            good = middle
+        else:
+            bad = middle
+    return good, runs
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def run_bench_models(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    spec, backends, batches = _check(args)
+    console = Console()
+    console.print(f"timing the {spec} denoiser: {args.rounds} rounds x {args.calls} calls per backend and batch "
+                  f"size ({_load()})", style="dim")
+    medians, unavailable = time_denoisers(spec, backends, batches, args.rounds, args.calls)
+    load = _load()
+    first = batches[0]
+    console.print(f"{spec} denoiser: ms per call (one sampler step), 1 thread, median of {args.rounds * args.calls} "
+                  f"calls, (× the batch {first} call); {load}", style="bold")
+    table = Table()
+    table.add_column("backend")
+    for batch in batches:
+        table.add_column(f"batch {batch}", justify="right")
+    for backend in backends:
+        if backend in unavailable:
+            table.add_row(backend, *["unavailable"] + ["—"] * (len(batches) - 1))
+            continue
+        base = medians[backend, first]
+        table.add_row(backend, *(f"{medians[backend, batch]:.3f}" + ("" if batch == first else
+                                 f" ({medians[backend, batch] / base:.2f}×)") for batch in batches))
+    console.print(table)
+    for backend, reason in unavailable.items():
+        console.print(f"{backend}: {reason}")
+    if {"torch", "onnxruntime"} <= set(backends) and {"torch", "onnxruntime"}.isdisjoint(unavailable):
+        for batch in batches:
+            ratio = medians["onnxruntime", batch] / medians["torch", batch]
+            console.print(f"onnxruntime / torch at batch {batch}: {ratio:.2f}×")
+    if args.skip_sessions:
+        return
+    _bench_sessions(args, spec, console)
+
+
+def _bench_sessions(args: argparse.Namespace, spec: str, console) -> None:
+    from rich.table import Table
+
+    from engine.audio import load_audio
+    from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+
+    _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=args.size))
+    clip = load_audio(DEFAULT_AUDIO)
+    speech = np.tile(clip, int(np.ceil(16000 * (WARMUP_S + args.seconds + 5) / len(clip))))
+    what = f"motion + {args.size}² video" if args.video else "motion only"
+    results = {}
+    for batching in (False, True):
+        label = "on" if batching else "off"
+
+        def run(n: int, batching: bool = batching) -> SessionsRun:
+            return asyncio.run(_run_sessions(rig, spec, args.session_backend, n, batching, args.seconds,
+                                             args.workers, args.video, speech))
+
+        def log(result: SessionsRun, label: str = label) -> None:
+            extra = f", {result.batches} batches of {result.mean_batch:.1f} on average" if result.batches else ""
+            console.print(f"batching {label}: {result.sessions} sessions -> min {result.min_fps:.1f} fps, median "
+                          f"{result.median_fps:.1f}{extra} ({_load()})", style="dim")
+
+        results[label] = sustained(run, args.max_sessions, log)
+    console.print(f"sessions holding >= {HOLD_FPS:g} fps: {spec} on {args.session_backend}, {what}, "
+                  f"{args.workers} workers, {args.seconds:g} s windows; {_load()}", style="bold")
+    table = Table()
+    table.add_column("motion batching")
+    table.add_column("sessions", justify="right")
+    for label in ("off", "on"):
+        count = results[label][0]
+        table.add_row(label, f"{count}" + (" (the --max-sessions limit)" if count == args.max_sessions else ""))
+    console.print(table)

@@ -1,0 +1,196 @@
+"""Export the motion denoiser (one sampler step of :class:`engine.motion.dit.MotionDiT`) to ONNX.
+
+The graph is ``MotionDiT.forward``: the rectified-flow velocity of one hop from its noisy
+frames, the diffusion time and the hop's conditioning. The sampler around it (seeded noise,
+Euler steps on a uniform time grid, the rolling buffer, the blink guard) stays in
+:mod:`engine.motion.diffusion`, the same for every runtime.
+
+File: ``denoiser-<kind>-<weights sha256[:12]>-<build key[:12]>.onnx`` beside a JSON sidecar
+of the same stem. The build key hashes the weights file, this exporter and the DiT code, the
+opset and the torch version; an up-to-date file is not rebuilt (see :mod:`export.files`).
+
+Graph contract (also in the sidecar; K, H, A from the weights' config, 12, 2, 12 for the
+shipped models; every axis but ``batch`` fixed; all float32):
+
+* ``x_t`` (batch, H, 35): the hop's frames at time ``t``, in normalised motion units
+  (``(frame - mean) / std`` per channel; ``mean``/``std`` in the sidecar);
+* ``t`` (batch,): diffusion time, 1 = pure noise, 0 = clean;
+* ``past`` (batch, K, 35): the last K generated frames, normalised (jaw and lip channels are
+  ignored: the audio decides them);
+* ``audio`` (batch, A, 4, 80): log-mel of the ``A - H - L`` frames before the hop, the hop
+  and the L lookahead frames, 4 mel frames per video frame (``engine.audio``);
+* ``controls`` (batch, 4): head-motion intensity, head speed, expressiveness, blink clock;
+* ``audio_missing`` (batch, A): 1 where an audio frame is padding (a stream's last odd
+  frame has no second hop frame), else 0;
+* output ``velocity`` (batch, H, 35): ``noise - x_0`` in normalised units; a step from ``t``
+  to ``t_next`` is ``x_t + (t_next - t) * velocity``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
+from engine.motion.backends import DenoiserInputs
+from engine.motion.dit import DiTConfig, MotionDiT
+from export.files import check_graph, sha256_file, sources_hash, up_to_date, write_atomically
+from export.registry import DEFAULT_OPSET, ExportRequest, ExportResult
+
+EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False)"
+BATCH_AXIS = "batch"
+MIN_OPSET = 17
+INPUT_NAMES = ("x_t", "t", "past", "audio", "controls", "audio_missing")
+OUTPUT_NAME = "velocity"
+CONTROLS = ("head_motion", "speed", "expressiveness", "blink_clock")
+MAX_ABS_DIFF = 1e-4  # fp32 ONNX Runtime vs torch, velocity in normalised units
+_SOURCES = ("export/denoiser.py", "engine/motion/dit.py")
+
+
+def denoiser_io(cfg: DiTConfig) -> dict:
+    """The graph's inputs and outputs as the sidecar documents them."""
+    c, k, h, a = cfg.channels, cfg.past_frames, cfg.hop_frames, cfg.audio_frames
+
+    def spec(name: str, shape: list, description: str) -> dict:
+        return {"name": name, "dtype": "float32", "shape": [BATCH_AXIS, *shape], "description": description}
+
+    return {
+        "inputs": [
+            spec("x_t", [h, c], "the hop's frames at time t, normalised ((frame - mean) / std per channel)"),
+            spec("t", [], "diffusion time in [0, 1]: 1 pure noise, 0 clean"),
+            spec("past", [k, c], "the last K generated frames, normalised, oldest first"),
+            spec("audio", [a, MELS_PER_FRAME, N_MELS], f"log-mel of {cfg.audio_past} frames before the hop, the "
+                                                      f"{h} hop frames and {cfg.lookahead} lookahead frames"),
+            {**spec("controls", [cfg.n_controls], "conditioning scalars"), "order": list(CONTROLS)},
+            spec("audio_missing", [a], "1 where an audio frame is padding, else 0"),
+        ],
+        "outputs": [spec(OUTPUT_NAME, [h, c], "rectified-flow velocity noise - x_0, normalised; "
+                                               "x <- x + (t_next - t) * velocity")],
+    }
+
+
+def random_inputs(cfg: DiTConfig, batch: int, seed: int = 0) -> DenoiserInputs:
+    """Denoiser inputs in the ranges the sampler feeds: normal noise and past frames, times in
+    [0, 1], features with the statistics of speech (normalised log-mel, floored at digital
+    silence), controls in their ranges, the last audio frame of every other row missing."""
+    rng = np.random.default_rng(seed)
+    h, k, a, c = cfg.hop_frames, cfg.past_frames, cfg.audio_frames, cfg.channels
+    missing = np.zeros((batch, a), np.float32)
+    missing[::2, -1] = 1.0
+    controls = np.stack([rng.uniform(0, 2, batch), rng.uniform(0.5, 1.5, batch), rng.uniform(0, 2, batch),
+                         rng.uniform(0, 1, batch)], axis=1)
+    return DenoiserInputs(
+        rng.standard_normal((batch, h, c)).astype(np.float32), rng.uniform(0, 1, batch).astype(np.float32),
+        rng.standard_normal((batch, k, c)).astype(np.float32),
+        np.maximum(rng.normal(-0.7, 1.4, (batch, a, MELS_PER_FRAME, N_MELS)), SILENCE_FEATURE).astype(np.float32),
+        controls.astype(np.float32), missing,
+    )
+
+
+def export_graph(model: MotionDiT, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Trace ``model.forward`` into ``path`` (not checked; see :func:`export.files.check_graph`)."""
+    import torch
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
+    cfg = model.cfg
+    batch = 2  # not 1: a traced size-1 axis may be specialised away
+    example = (
+        torch.zeros(batch, cfg.hop_frames, cfg.channels), torch.full((batch,), 0.5),
+        torch.zeros(batch, cfg.past_frames, cfg.channels),
+        torch.zeros(batch, cfg.audio_frames, MELS_PER_FRAME, N_MELS), torch.zeros(batch, cfg.n_controls),
+        torch.zeros(batch, cfg.audio_frames),
+    )
+    names = [*INPUT_NAMES, OUTPUT_NAME]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # q, k, v unpacking: a static split
+        torch.onnx.export(
+            model.eval(), example, str(path), dynamo=False, opset_version=opset,
+            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_axes={name: {0: BATCH_AXIS} for name in names}, do_constant_folding=True,
+        )
+
+
+def denoiser_files(out_dir: Path, kind: str, weights_sha: str, build_key: str) -> tuple[Path, Path]:
+    stem = f"denoiser-{kind}-{weights_sha[:12]}-{build_key[:12]}"
+    return out_dir / f"{stem}.onnx", out_dir / f"{stem}.json"
+
+
+def export_denoiser_for_weights(weights: str | os.PathLike, out_dir: str | os.PathLike, *,
+                                opset: int = DEFAULT_OPSET, force: bool = False) -> ExportResult:
+    """Export (or find up to date) the denoiser of a weights file (``save_model``'s format)."""
+    import torch
+
+    from engine.motion.diffusion import load_cached
+
+    weights = Path(weights).resolve()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, meta = load_cached(str(weights))
+    kind = meta.get("kind", "diffusion")
+    weights_sha = sha256_file(weights)
+    code_key = sources_hash(f"opset{opset}:torch{torch.__version__}", _SOURCES)
+    build_key = hashlib.sha256(f"{weights_sha}:{code_key}".encode()).hexdigest()
+    path, sidecar = denoiser_files(out_dir, kind, weights_sha, build_key)
+    if not force:
+        info = up_to_date(path, sidecar, build_key)
+        if info is not None:
+            return ExportResult("denoiser", path, sidecar, cached=True, info=info)
+
+    import onnx
+
+    start = time.perf_counter()
+    io = denoiser_io(model.cfg)
+
+    def build(tmp: Path) -> None:
+        export_graph(model, tmp, opset)
+        check_graph(tmp, io)
+
+    write_atomically(path, build)
+    info = {
+        "model": "denoiser",
+        "kind": kind,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "opset": opset,
+        "exporter": EXPORTER,
+        **io,
+        "normalisation": {"mean": model.mean.tolist(), "std": model.std.tolist()},
+        "sampling": {
+            "steps": int(meta.get("steps", 2)),
+            "time_grid": "t_i = 1 - i / steps, i = 0 .. steps",
+            "update": "x <- x + (t_next - t) * velocity, from seeded standard normal noise at t = 1",
+            "frame": "frame = x_0 * std + mean, then clipped to the motion space's limits",
+        },
+        "config": json.loads(model.cfg.to_json()),
+        "source": {
+            "weights": str(weights),
+            "weights_sha256": weights_sha,
+            "code_sha256": code_key,
+            "build_key": build_key,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        },
+        "trt": {"precision": "fp16", "why": "normalised motion units: fp16 keeps about 3 significant digits, "
+                                            "far below a visible difference"},
+        "generated_by": "emolive export onnx (a build output: do not edit; delete it or pass --force to rebuild)",
+    }
+    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    return ExportResult("denoiser", path, sidecar, cached=False, seconds=time.perf_counter() - start, info=info)
+
+
+def export_denoiser(request: ExportRequest) -> list[ExportResult]:
+    """The registry's entry point: the shipped student's denoiser."""
+    from engine.motion.diffusion import default_weights
+
+    return [export_denoiser_for_weights(default_weights("student"), request.out_dir, opset=request.opset,
+                                        force=request.force)]
