@@ -16,6 +16,7 @@ Members tick together: :meth:`MotionBatcher.align` puts a session's clock on the
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -48,9 +49,10 @@ class BatcherStats:
 
 def batchable(model: MotionModel) -> bool:
     """Whether ``model``'s steps can be batched (the diffusion models)."""
-    from engine.motion.diffusion import DiffusionMotion
-
-    return isinstance(model, DiffusionMotion)
+    # A diffusion model exists only once its module (and torch) is imported; importing them
+    # here would stall the caller, often the event loop, for seconds on a baseline session.
+    diffusion = sys.modules.get("engine.motion.diffusion")
+    return diffusion is not None and isinstance(model, diffusion.DiffusionMotion)
 
 
 class MotionBatcher:
