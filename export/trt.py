@@ -63,12 +63,20 @@ def unavailable_reason() -> str | None:
         reasons.append("the tensorrt Python package is not installed (pip install tensorrt)")
     except Exception as error:  # a broken install (missing libnvinfer, ...) is just as unusable
         reasons.append(f"the tensorrt Python package does not load ({type(error).__name__}: {error})")
+    gpu = no_gpu_reason()
+    if gpu:
+        reasons.append(gpu)
+    return "; ".join(reasons) or None
+
+
+def no_gpu_reason() -> str | None:
+    """Why no CUDA GPU can be used here (one line), or None when one can."""
     devices = cuda_devices()
     if devices is None:
-        reasons.append("there is no CUDA driver (libcuda.so.1 not found)")
-    elif not devices:
-        reasons.append("the CUDA driver sees no GPU")
-    return "; ".join(reasons) or None
+        return "there is no CUDA driver (libcuda.so.1 not found)"
+    if not devices:
+        return "the CUDA driver sees no GPU"
+    return None
 
 
 @dataclass

@@ -112,17 +112,15 @@ def unavailable_reason(backend: str) -> str | None:
         return None
     import onnxruntime as ort
 
-    from export.trt import cuda_devices
+    from export.trt import no_gpu_reason
 
     reasons = []
     if TRT_PROVIDER not in ort.get_available_providers():
         reasons.append(f"this onnxruntime build ({ort.__version__}, {ort.get_device()}) has no TensorRT execution "
                        "provider (install onnxruntime-gpu and TensorRT)")
-    devices = cuda_devices()
-    if devices is None:
-        reasons.append("there is no CUDA driver (libcuda.so.1 not found)")
-    elif not devices:
-        reasons.append("the CUDA driver sees no GPU")
+    gpu = no_gpu_reason()
+    if gpu:
+        reasons.append(gpu)
     return "; ".join(reasons) or None
 
 
