@@ -1,9 +1,11 @@
 """Export the motion denoiser (one sampler step of :class:`engine.motion.dit.MotionDiT`) to ONNX.
 
-The graph is ``MotionDiT.forward``: the rectified-flow velocity of one hop from its noisy
-frames, the diffusion time and the hop's conditioning. The sampler around it (seeded noise,
-Euler steps on a uniform time grid, the rolling buffer, the blink guard) stays in
-:mod:`engine.motion.diffusion`, the same for every runtime.
+The graph computes ``MotionDiT.forward``: the rectified-flow velocity of one hop from its noisy
+frames, the diffusion time and the hop's conditioning. It is traced from :class:`GraphDiT`, the
+same function written for ONNX Runtime's CPU kernels; the torch module stays the reference and
+the parity tests hold the two together. The sampler around it (seeded noise, Euler steps on a
+uniform time grid, the rolling buffer, the blink guard) stays in :mod:`engine.motion.diffusion`,
+the same for every runtime.
 
 File: ``denoiser-<kind>-<weights sha256[:12]>-<build key[:12]>.onnx`` beside a JSON sidecar
 of the same stem. The build key hashes the weights file, this exporter and the DiT code, the
@@ -36,14 +38,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
 from engine.motion.backends import DenoiserInputs
-from engine.motion.dit import DiTConfig, MotionDiT
+from engine.motion.dit import Block, DiTConfig, MotionDiT, timestep_embedding
 from export.files import check_graph, sha256_file, sources_hash, up_to_date, write_atomically
 from export.registry import DEFAULT_OPSET, ExportRequest, ExportResult
 
-EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False)"
+EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False), of export.denoiser.GraphDiT"
 BATCH_AXIS = "batch"
 MIN_OPSET = 17
 INPUT_NAMES = ("x_t", "t", "past", "audio", "controls", "audio_missing")
@@ -93,10 +98,106 @@ def random_inputs(cfg: DiTConfig, batch: int, seed: int = 0) -> DenoiserInputs:
     )
 
 
-def export_graph(model: MotionDiT, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Trace ``model.forward`` into ``path`` (not checked; see :func:`export.files.check_graph`)."""
-    import torch
+def _conv_matrix(conv: nn.Conv1d) -> torch.Tensor:
+    """A Conv1d kernel (out, in, k) as a (k * in, out) matrix over k time steps' channels, tap-major."""
+    weight = conv.weight.detach()
+    return weight.permute(2, 1, 0).reshape(-1, weight.shape[0]).contiguous()
 
+
+def _conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Kernel-3, padding-1 Conv1d of time-major (B, T, C) features as one MatMul over the whole
+    batch (ONNX Runtime's Conv runs image by image)."""
+    padded = F.pad(x, (0, 0, 1, 1))
+    return torch.cat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], dim=-1) @ weight + bias
+
+
+class GraphDiT(nn.Module):
+    """``MotionDiT.forward`` as exported: the same function, equal up to float rounding, with
+    less work per batch row and fewer graph nodes:
+
+    * every shape but the batch axis is a constant (no Shape/Gather chains);
+    * the audio convs are MatMuls over the batch (:func:`_conv3`; ``down`` is a reshape);
+    * constants are folded: the past-context mask into ``past_in``, position, type and the
+      lookahead's motion placeholder into one token table, the attention scale into the
+      queries, adaLN's ``1 + scale`` into its bias; all adaLN projections are one MatMul;
+    * the last block computes queries, attention output and MLP for the hop tokens only (keys
+      and values still for all tokens): nothing else reaches the output.
+
+    The folded tensors are copies: build it after the weights are loaded.
+    """
+
+    def __init__(self, model: MotionDiT) -> None:
+        super().__init__()
+        if model.cfg.depth < 1:
+            raise ValueError("GraphDiT needs at least one block")
+        self.model = model
+        cfg, d = model.cfg, model.cfg.d_model
+        audio = model.audio
+        for name in ("conv1", "conv2", "down", "context"):
+            self.register_buffer(f"{name}_w", _conv_matrix(getattr(audio, name)), persistent=False)
+        self.register_buffer("past_w", (model.past_in.weight * model.context_mask).t().detach(), persistent=False)
+        fixed = (model.pos[0] + model.types[model.type_index]).detach().clone()
+        fixed[cfg.past_frames + cfg.hop_frames:] += model.future[0].detach()
+        self.register_buffer("fixed", fixed, persistent=False)
+        scale = torch.ones(3 * d)
+        scale[:d] = (d // cfg.heads) ** -0.5  # scaled_dot_product_attention's default scale
+        self.register_buffer("qkv_w", torch.stack([b.qkv.weight.detach().t() * scale for b in model.blocks]),
+                             persistent=False)
+        self.register_buffer("qkv_b", torch.stack([b.qkv.bias.detach() * scale for b in model.blocks]),
+                             persistent=False)
+        one_plus = torch.zeros(6 * d)  # shift1, scale1, gate1, shift2, scale2, gate2; then shift, scale
+        one_plus[d:2 * d] = one_plus[4 * d:5 * d] = 1.0
+        ada = [(b.ada.weight, b.ada.bias + one_plus) for b in model.blocks]
+        ada.append((model.out_ada.weight, model.out_ada.bias + one_plus[:2 * d]))
+        self.register_buffer("ada_w", torch.cat([w for w, _ in ada]).t().detach(), persistent=False)
+        self.register_buffer("ada_b", torch.cat([b for _, b in ada]).detach(), persistent=False)
+
+    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """``AudioEncoder.forward`` on time-major features."""
+        cfg, enc = self.model.cfg, self.model.audio
+        x = audio.reshape(-1, cfg.audio_frames * MELS_PER_FRAME, N_MELS)
+        x = F.gelu(_conv3(x, self.conv1_w, enc.conv1.bias))
+        x = x + F.gelu(_conv3(x, self.conv2_w, enc.conv2.bias))
+        x = F.gelu(x.reshape(-1, cfg.audio_frames, MELS_PER_FRAME * cfg.audio_hidden) @ self.down_w + enc.down.bias)
+        x = x + F.gelu(_conv3(x, self.context_w, enc.context.bias))
+        return enc.norm(x)
+
+    def block(self, index: int, x: torch.Tensor, mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``Block.forward``; the last block's output is the hop tokens only."""
+        cfg = self.model.cfg
+        block: Block = self.model.blocks[index]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        heads, d = cfg.heads, cfg.d_model
+        h = block.norm1(x) * scale1 + shift1
+        qkv = (h @ self.qkv_w[index] + self.qkv_b[index]).reshape(-1, cfg.tokens, 3 * heads, d // heads)
+        q, k, v = qkv.transpose(1, 2).split(heads, dim=1)
+        rows = cfg.tokens
+        if index == cfg.depth - 1:
+            hop = slice(cfg.past_frames, cfg.past_frames + cfg.hop_frames)
+            q, x, rows = q[:, :, hop], x[:, hop], cfg.hop_frames
+        h = (torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v).transpose(1, 2).reshape(-1, rows, d)
+        x = x + gate1 * block.proj(h)
+        h = block.norm2(x) * scale2 + shift2
+        return x + gate2 * block.fc2(F.gelu(block.fc1(h)))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, past: torch.Tensor, audio: torch.Tensor,
+                controls: torch.Tensor, audio_missing: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        cfg, d = model.cfg, model.cfg.d_model
+        emb = self.encode_audio(audio) + audio_missing.unsqueeze(-1) * model.missing_audio
+        emb = F.pad(emb, (0, 0, cfg.past_frames - cfg.audio_past, 0))
+        motion = torch.cat([past @ self.past_w + model.past_in.bias, model.noisy_in(x_t)], dim=1)
+        tokens = F.pad(motion, (0, 0, 0, cfg.lookahead)) + (emb + self.fixed)
+        c = F.silu(model.time_mlp(timestep_embedding(t, d)) + model.control_mlp(controls))
+        mods = (c @ self.ada_w + self.ada_b).unsqueeze(1).split(d, dim=-1)
+        for index in range(cfg.depth):
+            tokens = self.block(index, tokens, mods[6 * index:6 * index + 6])
+        shift, scale = mods[-2:]
+        return model.out(model.out_norm(tokens) * scale + shift)
+
+
+def export_graph(model: MotionDiT, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Trace ``model``'s :class:`GraphDiT` into ``path`` (not checked; see :func:`export.files.check_graph`)."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
     cfg = model.cfg
@@ -112,8 +213,11 @@ def export_graph(model: MotionDiT, path: Path, opset: int = DEFAULT_OPSET) -> No
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # q, k, v unpacking: a static split
+        # F.pad's pads become a reversed Slice of constants that torch does not fold; ONNX
+        # Runtime folds them when it loads the graph
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
-            model.eval(), example, str(path), dynamo=False, opset_version=opset,
+            GraphDiT(model.eval()), example, str(path), dynamo=False, opset_version=opset,
             input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes={name: {0: BATCH_AXIS} for name in names}, do_constant_folding=True,
         )
@@ -127,8 +231,6 @@ def denoiser_files(out_dir: Path, kind: str, weights_sha: str, build_key: str) -
 def export_denoiser_for_weights(weights: str | os.PathLike, out_dir: str | os.PathLike, *,
                                 opset: int = DEFAULT_OPSET, force: bool = False) -> ExportResult:
     """Export (or find up to date) the denoiser of a weights file (``save_model``'s format)."""
-    import torch
-
     from engine.motion.diffusion import load_cached
 
     weights = Path(weights).resolve()

@@ -137,6 +137,32 @@ def test_random_inputs_match_torch_at_batch_sizes_1_to_8(onnx_denoiser, student_
         assert np.abs(got - expected).max() <= DENOISER_TOL, batch
 
 
+@pytest.mark.parametrize("config", [
+    {},
+    {"past_frames": 10, "audio_past": 6, "hop_frames": 1, "depth": 1, "heads": 2, "audio_hidden": 48},
+    {"context_lips": True, "depth": 3, "heads": 8, "d_model": 64, "mlp_ratio": 3.0},
+])
+def test_graph_rewrite_is_the_modules_function(config):
+    """GraphDiT (the traced rewrite) against MotionDiT.forward, in torch, for configurations
+    besides the shipped one, with every weight random (adaLN-Zero's zeros would hide the
+    modulation, the mean/std buffers are not part of the graph)."""
+    from engine.motion.dit import DiTConfig, MotionDiT
+    from export.denoiser import GraphDiT, random_inputs
+
+    torch.manual_seed(0)
+    model = MotionDiT(DiTConfig(**config)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.1)
+    graph = GraphDiT(model)
+    for batch in (1, 3):
+        inputs = [torch.from_numpy(value) for value in random_inputs(model.cfg, batch, seed=batch)]
+        with torch.no_grad():
+            expected, got = model(*inputs), graph(*inputs)
+        assert got.shape == expected.shape
+        assert expected.abs().max().item() > 1.0 and (got - expected).abs().max().item() <= DENOISER_TOL / 10, config
+
+
 def test_real_inputs_match_torch_at_batch_sizes_1_to_8(onnx_denoiser, student_model, features):
     """Inputs the sampler really feeds while streaming a TTS clip (recorded from a torch run)."""
     calls: list[DenoiserInputs] = []
