@@ -5,7 +5,9 @@ without batching. A benchmark, never a test: timings depend on the machine and i
 1. ms per denoiser call (one sampler step) for each backend and batch size, one thread
    (``torch.set_num_threads(1)``, ONNX Runtime ``intra_op_num_threads=1``), the median of
    ``--rounds`` x ``--calls`` calls; backends and batch sizes take turns round by round, so
-   a change in the machine's load falls on all of them alike.
+   a change in the machine's load falls on all of them alike. With them, as a floor, the
+   denoiser's weight matrix products alone (the same shapes, every other op left out) in
+   ONNX Runtime: no graph rewrite can make a batch cheaper than that.
 2. Sessions sustained at 25 fps: N live ``engine.session.Session`` objects in one process
    (realtime clock, the student's motion, speech queued as one long turn each, ``--workers``
    compute threads as the server), with the motion batcher on and off. A session holds
@@ -137,6 +139,8 @@ def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: i
         except BackendUnavailable as error:
             unavailable[backend] = str(error)
     cfg = create_motion_model(spec, "torch").cfg
+    if "onnxruntime" in denoisers:
+        denoisers[MatMulFloor.backend] = MatMulFloor(cfg)
     inputs = {batch: random_inputs(cfg, batch, seed=batch) for batch in batches}
     samples: dict[tuple[str, int], list[float]] = {(b, n): [] for b in denoisers for n in batches}
     for denoiser in denoisers.values():  # warm up (first calls allocate and plan)
@@ -153,6 +157,51 @@ def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: i
         if on_round is not None:
             on_round(round_)
     return {key: statistics.median(values) for key, values in samples.items()}, unavailable
+
+
+class MatMulFloor:
+    """The denoiser's weight MatMuls alone (shapes as :class:`export.denoiser.GraphDiT` runs
+    them, rows scaled by the batch) as one ONNX Runtime graph on one thread."""
+
+    backend = "onnxruntime, weight MatMuls only (floor)"
+
+    def __init__(self, cfg) -> None:
+        from engine.audio import MELS_PER_FRAME, N_MELS
+
+        d, h, hidden = cfg.d_model, cfg.audio_hidden, int(cfg.d_model * cfg.mlp_ratio)
+        frames, mels = cfg.audio_frames, cfg.audio_frames * MELS_PER_FRAME
+        shapes = [(mels, 3 * N_MELS, h), (mels, 3 * h, h), (frames, MELS_PER_FRAME * h, d), (frames, 3 * d, d),
+                  (1, d, (6 * cfg.depth + 2) * d)]
+        for block in range(cfg.depth):
+            rows = cfg.hop_frames if block == cfg.depth - 1 else cfg.tokens  # the last block: hop queries only
+            shapes += [(cfg.tokens, d, 3 * d), (rows, d, d), (rows, d, hidden), (rows, hidden, d)]
+        self.shapes = shapes
+        self._sessions: dict[int, tuple] = {}
+
+    def _session(self, batch: int) -> tuple:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(batch)
+        nodes, weights, inputs, outputs, feed = [], [], [], [], {}
+        for i, (rows, k, n) in enumerate(self.shapes):
+            weights.append(numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), f"w{i}"))
+            inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [batch * rows, k]))
+            outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [batch * rows, n]))
+            nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
+            feed[f"x{i}"] = rng.standard_normal((batch * rows, k)).astype(np.float32)
+        graph = helper.make_graph(nodes, "matmuls", inputs, outputs, weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), feed
+
+    def __call__(self, inputs) -> None:
+        batch = len(inputs.x_t)
+        if batch not in self._sessions:
+            self._sessions[batch] = self._session(batch)
+        session, feed = self._sessions[batch]
+        session.run(None, feed)
 
 
 # --------------------------------------------------------------------------- live sessions
@@ -263,7 +312,9 @@ def run_bench_models(args: argparse.Namespace) -> None:
     table.add_column("backend")
     for batch in batches:
         table.add_column(f"batch {batch}", justify="right")
-    for backend in backends:
+    for backend in backends + [MatMulFloor.backend]:
+        if (backend, first) not in medians and backend not in unavailable:
+            continue
         if backend in unavailable:
             table.add_row(backend, *["unavailable"] + ["—"] * (len(batches) - 1))
             continue
