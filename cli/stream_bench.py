@@ -283,8 +283,9 @@ class RunResult:
 async def _engine_run(rig, n: int, seconds: float, workers: int, turns, seed: int) -> RunResult:
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
-    from engine.session import Session, SessionOptions
+    from engine.session import Session, SessionOptions, share_cores_between_sessions
 
+    share_cores_between_sessions()  # as the server does
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-engine")
     sessions = [Session(rig, create_motion_model(MOTION), SessionOptions(controls=MotionControls(seed=seed + i)),
                         executor=executor) for i in range(n)]

@@ -15,11 +15,11 @@ import numpy as np
 from engine.rig import Rig
 
 _SUBPIXEL_BITS = 3
-_CAVITY_TOP = np.array([28.0, 10.0, 12.0])
-_CAVITY_BOTTOM = np.array([96.0, 38.0, 42.0])
-_TONGUE = np.array([150.0, 68.0, 72.0])
-_UPPER_TEETH = np.array([228.0, 222.0, 208.0])
-_LOWER_TEETH = np.array([196.0, 190.0, 178.0])
+_CAVITY_TOP = np.array([28.0, 10.0, 12.0], np.float32)
+_CAVITY_BOTTOM = np.array([96.0, 38.0, 42.0], np.float32)
+_TONGUE = np.array([150.0, 68.0, 72.0], np.float32)
+_UPPER_TEETH = np.array([228.0, 222.0, 208.0], np.float32)
+_LOWER_TEETH = np.array([196.0, 190.0, 178.0], np.float32)
 _MIN_OPEN_AREA = 2.0  # px²: below this the lips touch and nothing is drawn
 
 
@@ -96,17 +96,19 @@ class MouthCompositor:
         self, shape: tuple[int, int], opening: np.ndarray, upper: np.ndarray, lower: np.ndarray, jaw_open: float
     ) -> np.ndarray:
         h, w = shape
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        top, bottom = opening[:, 1].min(), opening[:, 1].max()
+        # Every term depends on the row or on the column alone: computed on a (h, 1) column
+        # and a (1, w) row and broadcast, in float32, instead of over the whole (h, w) window.
+        ys = np.arange(h, dtype=np.float32)[:, None]
+        xs = np.arange(w, dtype=np.float32)[None, :]
+        top, bottom = float(opening[:, 1].min()), float(opening[:, 1].max())
         gap = max(bottom - top, 1.0)
         t = np.clip((ys - top) / gap, 0, 1)[..., None]
-        canvas = _CAVITY_TOP + t * (_CAVITY_BOTTOM - _CAVITY_TOP)
         centre_x = float(opening[:, 0].mean())
         half_width = max(float(np.ptp(opening[:, 0])) / 2, 1.0)
         across = np.clip(np.abs(xs - centre_x) / half_width, 0, 1)[..., None]
         # Corners of the mouth are deeper in shadow than its centre.
-        canvas *= 1 - 0.45 * across**2
-        tongue = np.exp(-(((xs - centre_x) / (0.45 * half_width)) ** 2) - (((ys - bottom) / (0.35 * gap)) ** 2))
+        canvas = (_CAVITY_TOP + t * (_CAVITY_BOTTOM - _CAVITY_TOP)) * (1 - 0.45 * across**2)
+        tongue = np.exp(-(((xs - centre_x) / (0.45 * half_width)) ** 2)) * np.exp(-(((ys - bottom) / (0.35 * gap)) ** 2))
         canvas += 0.6 * tongue[..., None] * (_TONGUE - canvas)
         if not self.has_cavity:
             self._synthetic_teeth(canvas, upper, lower, centre_x, half_width, gap, jaw_open)

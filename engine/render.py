@@ -46,12 +46,15 @@ class _GridWarp:
         self.pixels = node_grid(y1 - y0, x1 - x0) + np.array([x0, y0], np.float32)
         self.nodes = node_grid(*grid.shape)
 
-    def warp(self, disp: np.ndarray) -> np.ndarray:
+    def warp(self, disp: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The warped roi, written into ``out`` (a view of the roi) when given."""
         grid = self.grid
         forward = forward_flow(grid.matrix, disp, grid.shape, grid.step)
         backward = invert_newton(forward, self.nodes, self.iterations)
-        maps = self.pixels + upsample(backward, grid.step, self.size)
-        return cv2.remap(self.image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        maps = upsample(backward, grid.step, self.size)
+        maps += self.pixels
+        # One two-channel map: split x and y planes would each be copied by OpenCV first.
+        return cv2.remap(self.image, maps, None, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _feather(width: int, height: int) -> np.ndarray:
@@ -96,7 +99,7 @@ class Renderer:
         disp = self.vertex_displacement(motion)
         out = self.rig.image.copy()
         x0, y0, x1, y1 = self.rig.grid.roi
-        out[y0:y1, x0:x1] = self._coarse.warp(disp)
+        self._coarse.warp(disp, out[y0:y1, x0:x1])
         # The coarse grid follows the eyes well while the lids are still; only a moving lid
         # needs the fine patches.
         lids_moving = float(motion[self._lid_channels].max()) > _LID_DETAIL_THRESHOLD

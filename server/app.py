@@ -21,6 +21,7 @@ import client_demo
 from engine.errors import BadInputError
 from engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS, parse_spec
 from engine.motion_space import FPS
+from engine.session import share_cores_between_sessions
 from server.avatars import DEFAULT_ID, AvatarStore
 from server.config import Settings
 from server.errors import ApiError, not_found
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        share_cores_between_sessions()
         if settings.ice_loopback:
             from server.webrtc import enable_loopback_candidates
 
