@@ -64,11 +64,13 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.motion.registry import LIVE_MOTION_MODEL
+
 RATE = 48_000  # push rate: the session's voice-out rate, so voice out == voice in, bit for bit
 CHUNK = RATE // 50  # 20 ms
 FPS = 25
 OUT_PER_FRAME = RATE // FPS
-MOTION = "baseline"  # the hand-built model: always installed; the learned ones have their own benches
+MOTION = LIVE_MOTION_MODEL  # what the server runs for sessions that name no model
 WARMUP_S = 2.0  # excluded from fps and CPU
 TTS_VOICE = "flite:slt"
 TEXTS = (

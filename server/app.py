@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import client_demo
 from engine.errors import BadInputError
-from engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS, parse_spec
+from engine.motion.registry import MOTION_MODELS, parse_spec
 from engine.motion_space import FPS
 from engine.session import share_cores_between_sessions
 from server.avatars import DEFAULT_ID, AvatarStore
@@ -75,7 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = AvatarStore(settings.data_dir, rig_cache_size=settings.rig_cache_size)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="emolive-engine")
     registry = SessionRegistry(settings, store, metrics, executor)
-    default_motion = settings.motion or DEFAULT_MOTION_MODEL
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -87,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(store.ensure_default)
         # Build the bundled avatar's default rig now, so the first session starts at once.
         await store.rig_async(DEFAULT_ID, 512)
-        await registry.check_motion(default_motion)
+        await registry.check_motion(settings.motion)
         metrics.avatars.set(len(store.list()))
         registry.start()
         try:
@@ -182,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create_session(request: SessionRequest | None = None) -> SessionCreated:
         request = request or SessionRequest()
         fields = request.model_dump()
-        fields["motion"] = request.motion or default_motion
+        fields["motion"] = request.motion or settings.motion
         try:
             parse_spec(fields["motion"])
         except ValueError as error:

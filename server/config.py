@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from engine.motion.backends import check_backend
+from engine.motion.registry import LIVE_MOTION_MODEL
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -49,9 +50,8 @@ class Settings:
     # Audio a client may queue ahead of playback before push_audio refuses more.
     max_pending_seconds: float = 120.0
     retry_after_s: int = 5
-    # Motion model for sessions that do not name one ("student", "student:4", "baseline", ...);
-    # empty: the engine's default.
-    motion: str = ""
+    # Motion model for sessions that do not name one ("student", "student:4", "baseline", ...).
+    motion: str = LIVE_MOTION_MODEL
     # Where the diffusion models' denoiser runs: "onnxruntime", "torch" or "tensorrt".
     motion_backend: str = "onnxruntime"
     # Sessions running diffusion models hand their motion steps to one batcher: the steps of

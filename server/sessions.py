@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Protocol
 
 from engine.motion.batching import BatchingConfig, MotionBatcher
-from engine.motion.registry import create_motion_model
+from engine.motion.registry import LIVE_MOTION_MODEL, create_motion_model
 from engine.motion_space import MotionControls
 from server.avatars import AvatarStore
 from server.config import Settings
@@ -38,7 +38,7 @@ class SessionParams:
     avatar_id: str = "default"
     mode: str = "tts"  # "tts": voice comes in over the WebSocket; "puppet": the peer's microphone
     size: int = 512
-    motion: str = "student"
+    motion: str = LIVE_MOTION_MODEL
     head_motion: float = 1.0
     expressiveness: float = 1.0
     seed: int = 0

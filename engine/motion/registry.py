@@ -2,8 +2,10 @@
 
 A model spec is a name, optionally with a sampling step count: ``student`` (the distilled
 diffusion model, 2 steps), ``student:1``, ``teacher`` (24 steps), ``teacher:8``, or
-``baseline`` (the hand-built reference, no steps). ``baseline`` stays the default until the
-trained models meet their lip-sync acceptance (see engine/motion/weights/MODEL_CARD.md).
+``baseline`` (the hand-built reference, no steps). Offline work (``emolive render``,
+``emolive motion``) defaults to the student, which lip-syncs far better (see
+engine/motion/weights/MODEL_CARD.md); live sessions default to ``baseline`` (see
+:data:`LIVE_MOTION_MODEL`).
 The diffusion models' denoiser runs on a backend (:mod:`engine.motion.backends`), ONNX
 Runtime by default; ``baseline`` has no denoiser and ignores it.
 """
@@ -15,7 +17,12 @@ from engine.motion.backends import DEFAULT_BACKEND, check_backend
 from engine.motion.baseline import BaselineMotion
 
 MOTION_MODELS: tuple[str, ...] = ("student", "teacher", "baseline")
-DEFAULT_MOTION_MODEL = "baseline"
+DEFAULT_MOTION_MODEL = "student"
+# Live sessions that name no model: the baseline looks one frame (40 ms) ahead where the
+# student looks two, which keeps audio arrival -> frame under the 150 ms a live avatar is
+# held to, and it needs no denoiser call per frame; a session asks for "student" for the
+# better lip sync.
+LIVE_MOTION_MODEL = "baseline"
 DIFFUSION_MODELS = frozenset({"student", "teacher"})
 MAX_STEPS = 64
 
