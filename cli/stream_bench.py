@@ -70,7 +70,6 @@ RATE = 48_000  # push rate: the session's voice-out rate, so voice out == voice 
 CHUNK = RATE // 50  # 20 ms
 FPS = 25
 OUT_PER_FRAME = RATE // FPS
-MOTION = LIVE_MOTION_MODEL  # what the server runs for sessions that name no model
 WARMUP_S = 2.0  # excluded from fps and CPU
 TTS_VOICE = "flite:slt"
 TEXTS = (
@@ -282,14 +281,14 @@ class RunResult:
 # ---------------------------------------------------------------------------- engine transport
 
 
-async def _engine_run(rig, n: int, seconds: float, workers: int, turns, seed: int) -> RunResult:
+async def _engine_run(rig, n: int, seconds: float, workers: int, turns, seed: int, motion: str) -> RunResult:
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
     from engine.session import Session, SessionOptions, share_cores_between_sessions
 
     share_cores_between_sessions()  # as the server does
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-engine")
-    sessions = [Session(rig, create_motion_model(MOTION), SessionOptions(controls=MotionControls(seed=seed + i)),
+    sessions = [Session(rig, create_motion_model(motion), SessionOptions(controls=MotionControls(seed=seed + i)),
                         executor=executor) for i in range(n)]
     trackers = [AudioTracker() for _ in range(n)]
     t0 = time.monotonic()
@@ -439,7 +438,7 @@ def _patch_video_track() -> None:
     webrtc.SessionVideoTrack.recv = recv
 
 
-def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int) -> RunResult:
+def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int, motion: str) -> RunResult:
     import multiprocessing
 
     import httpx
@@ -449,13 +448,13 @@ def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int) -> R
 
     with tempfile.TemporaryDirectory(prefix="emolive-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), ice_loopback=True, workers=workers, max_sessions=max(n, 1),
-                            motion=MOTION, idle_timeout_s=120.0, detach_grace_s=2.0, peer_silence_s=5.0)
+                            motion=motion, idle_timeout_s=120.0, detach_grace_s=2.0, peer_silence_s=5.0)
         _patch_video_track()
         _SENT.clear()
         with BackgroundServer(settings) as srv:
             created = []
             for i in range(n):
-                r = httpx.post(f"{srv.url}/v1/sessions", json={"mode": "tts", "size": size, "motion": MOTION,
+                r = httpx.post(f"{srv.url}/v1/sessions", json={"mode": "tts", "size": size, "motion": motion,
                                                                 "seed": seed + i}, timeout=60)
                 r.raise_for_status()
                 created.append(r.json())
@@ -740,13 +739,13 @@ def _fmt(x: float, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _session_table(run: RunResult, size: int, seconds: float):
+def _session_table(run: RunResult, size: int, seconds: float, motion: str):
     from rich.table import Table
 
     n = len(run.sessions)
     webrtc = run.transport == "webrtc"
     title = (f"emolive bench stream — {n} session{'s' if n > 1 else ''}, {size}², transport={run.transport}, "
-             f"motion={MOTION}, {seconds:.0f} s window")
+             f"motion={motion}, {seconds:.0f} s window")
     table = Table(title=title, caption=f"CPU {run.cpu_pct_per_session:.0f}% of one core per session (server process)"
                   + (f"; client process {run.client_cpu_pct:.0f}% total" if webrtc else "")
                   + f"; load avg {run.loadavg}")
@@ -819,8 +818,8 @@ def _prepare_rig(size: int):
 
 def _one_run(args, n: int, turns, rig) -> RunResult:
     if args.transport == "engine":
-        return asyncio.run(_engine_run(rig, n, args.seconds, args.workers, turns, args.seed))
-    return _webrtc_run(n, args.seconds, args.workers, args.size, args.seed)
+        return asyncio.run(_engine_run(rig, n, args.seconds, args.workers, turns, args.seed, args.motion))
+    return _webrtc_run(n, args.seconds, args.workers, args.size, args.seed, args.motion)
 
 
 def bench_stream(args: argparse.Namespace) -> None:
@@ -842,7 +841,7 @@ def bench_stream(args: argparse.Namespace) -> None:
                   f"{args.workers} engine worker threads; {os.cpu_count()} CPUs", style="dim")
     if not args.sweep:
         run = _one_run(args, args.sessions, turns, rig)
-        console.print(_session_table(run, args.size, args.seconds))
+        console.print(_session_table(run, args.size, args.seconds, args.motion))
         for note in run.notes:
             console.print(note, style="dim")
         return
@@ -852,12 +851,12 @@ def bench_stream(args: argparse.Namespace) -> None:
         console.print(f"sweep: {n} session(s)…", style="dim")
         run = _one_run(args, n, turns, rig)
         runs.append(run)
-        console.print(_session_table(run, args.size, args.seconds))
+        console.print(_session_table(run, args.size, args.seconds, args.motion))
         if run.min_fps < 24.0:
             break
         n += 1
     table = Table(title=f"emolive bench stream --sweep — {args.size}², transport={args.transport}, "
-                        f"motion={MOTION}, {args.seconds:.0f} s per step")
+                        f"motion={args.motion}, {args.seconds:.0f} s per step")
     for column in ("sessions", "min fps", "median fps", "dropped", "latency p50 ms", "p95 ms", "CPU % / session",
                    "CPU % total", "compute ms", "load avg"):
         table.add_column(column, justify="right")
@@ -882,12 +881,12 @@ def bench_stream(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- soak
 
 
-async def _soak(rig, minutes: float, turns, seed: int, on_sample) -> dict:
+async def _soak(rig, minutes: float, turns, seed: int, motion: str, on_sample) -> dict:
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
     from engine.session import Session, SessionOptions
 
-    session = Session(rig, create_motion_model(MOTION), SessionOptions(controls=MotionControls(seed=seed)))
+    session = Session(rig, create_motion_model(motion), SessionOptions(controls=MotionControls(seed=seed)))
     tracker = AudioTracker(keep_hits=False)  # the bench's own bookkeeping must not show up as RSS growth
     duration = 60.0 * minutes
     first_push: list[float] = []  # push time of each turn's first chunk, in turn order
@@ -975,7 +974,7 @@ def bench_soak(args: argparse.Namespace) -> None:
     console = _console()
     turns, source = speech_turns()
     rig = _prepare_rig(args.size)
-    console.print(f"soak: 1 session, {args.size}², motion={MOTION}, {args.minutes:g} min; speech: {source}; "
+    console.print(f"soak: 1 session, {args.size}², motion={args.motion}, {args.minutes:g} min; speech: {source}; "
                   f"idle gaps 1–6 s; RSS every 10 s", style="dim")
 
     def on_sample(elapsed, rss, turn_count, tracker):
@@ -983,7 +982,7 @@ def bench_soak(args: argparse.Namespace) -> None:
             console.print(f"  t={elapsed:6.0f} s  RSS {rss:7.1f} MB  turns {turn_count:4d}  "
                           f"sync errors {tracker.mismatches}", style="dim", highlight=False)
 
-    out = asyncio.run(_soak(rig, args.minutes, turns, args.seed, on_sample))
+    out = asyncio.run(_soak(rig, args.minutes, turns, args.seed, args.motion, on_sample))
     samples, offsets = out["samples"], out["offsets"]
     baseline = samples[1][1] if len(samples) > 2 else samples[0][1]  # after the first 10 s (warm caches)
     final = samples[-1][1]
@@ -996,7 +995,7 @@ def bench_soak(args: argparse.Namespace) -> None:
     sample_drift = max(sample_offsets) - min(sample_offsets) if sample_offsets else math.nan
     lat = out["tracker"].latencies_ms
     stats = out["stats"]
-    table = Table(title=f"emolive bench soak — {args.minutes:g} min, 1 session, {args.size}², motion={MOTION}")
+    table = Table(title=f"emolive bench soak — {args.minutes:g} min, 1 session, {args.size}², motion={args.motion}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("RSS at 10 s / end / peak (MB)", f"{baseline:.1f} / {final:.1f} / {max(s[1] for s in samples):.1f}")
@@ -1038,6 +1037,20 @@ def bench_soak(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- CLI
 
 
+def _motion_spec(text: str) -> str:
+    from engine.motion.registry import parse_spec
+
+    try:
+        parse_spec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+MOTION_HELP = (f"motion model of the sessions: {LIVE_MOTION_MODEL} (default: what the server runs for sessions "
+               "that name none), student, student:STEPS, teacher, teacher:STEPS")
+
+
 def add_stream_parsers(bench_kinds) -> None:
     """``bench stream`` and ``bench soak`` under ``emolive bench``."""
     stream = bench_kinds.add_parser(
@@ -1057,6 +1070,7 @@ def add_stream_parsers(bench_kinds) -> None:
     stream.add_argument("--max-sessions", type=int, default=16, help="sweep limit (default: 16)")
     stream.add_argument("--workers", type=int, default=2, help="engine worker threads (default: 2, the server's)")
     stream.add_argument("--seed", type=int, default=0, help="seed for pauses and motion (default: 0)")
+    stream.add_argument("--motion", type=_motion_spec, default=LIVE_MOTION_MODEL, metavar="MODEL", help=MOTION_HELP)
 
     soak = bench_kinds.add_parser(
         "soak", help="one session for minutes: RSS growth and A/V offset drift",
@@ -1068,6 +1082,7 @@ def add_stream_parsers(bench_kinds) -> None:
     soak.add_argument("--minutes", type=float, default=10.0, help="duration (default: 10)")
     soak.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
     soak.add_argument("--seed", type=int, default=0, help="seed for gaps and motion (default: 0)")
+    soak.add_argument("--motion", type=_motion_spec, default=LIVE_MOTION_MODEL, metavar="MODEL", help=MOTION_HELP)
     soak.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
