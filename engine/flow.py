@@ -41,7 +41,7 @@ def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np
     # arithmetic runs on contiguous planes: the same numbers as per-channel sampling, in
     # fewer and cheaper numpy calls (this runs for every frame, holding the GIL).
     planes = np.ascontiguousarray(np.moveaxis(forward, -1, 0))
-    dx, dy = _gradient(planes, 2), _gradient(planes, 1)
+    dx, dy = np.gradient(planes, axis=2), np.gradient(planes, axis=1)
     dx[0] += 1
     dy[1] += 1
     field = cv2.merge([planes[0], planes[1], dx[0], dy[0], dx[1], dy[1]])
@@ -64,21 +64,6 @@ def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np
             step *= np.minimum(1.0, _MAX_STEP / np.maximum(np.hypot(step[0], step[1]), 1e-6))
         s -= step
     return cv2.merge(list(s - q))
-
-
-def _gradient(planes: np.ndarray, axis: int) -> np.ndarray:
-    """``np.gradient(planes, axis=axis)``: central differences inside, one-sided at the edges."""
-    def along(start: int | None, stop: int | None) -> tuple[slice, ...]:
-        index = [slice(None)] * planes.ndim
-        index[axis] = slice(start, stop)
-        return tuple(index)
-
-    out = np.empty_like(planes)
-    np.subtract(planes[along(2, None)], planes[along(None, -2)], out=out[along(1, -1)])
-    out[along(1, -1)] /= 2
-    np.subtract(planes[along(1, 2)], planes[along(0, 1)], out=out[along(0, 1)])
-    np.subtract(planes[along(-1, None)], planes[along(-2, -1)], out=out[along(-1, None)])
-    return out
 
 
 def invert_fixed_point(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np.ndarray:

@@ -45,7 +45,7 @@ from torch import nn
 from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
 from engine.motion.backends import DenoiserInputs
 from engine.motion.dit import Block, DiTConfig, MotionDiT, timestep_embedding
-from export.files import check_graph, sha256_file, sources_hash, up_to_date, write_atomically
+from export.files import check_graph, sha256_file, sources_hash, up_to_date, write_build
 from export.registry import DEFAULT_OPSET, ExportRequest, ExportResult
 
 EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False), of export.denoiser.GraphDiT"
@@ -256,13 +256,9 @@ def export_denoiser_for_weights(weights: str | os.PathLike, out_dir: str | os.Pa
         export_graph(model, tmp, opset)
         check_graph(tmp, io)
 
-    write_atomically(path, build)
-    info = {
+    info = write_build(path, sidecar, build, {
         "model": "denoiser",
         "kind": kind,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
         "opset": opset,
         "exporter": EXPORTER,
         **io,
@@ -284,9 +280,7 @@ def export_denoiser_for_weights(weights: str | os.PathLike, out_dir: str | os.Pa
         },
         "trt": {"precision": "fp16", "why": "normalised motion units: fp16 keeps about 3 significant digits, "
                                             "far below a visible difference"},
-        "generated_by": "emolive export onnx (a build output: do not edit; delete it or pass --force to rebuild)",
-    }
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    })
     return ExportResult("denoiser", path, sidecar, cached=False, seconds=time.perf_counter() - start, info=info)
 
 

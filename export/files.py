@@ -61,6 +61,20 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+GENERATED_BY = "emolive export onnx (a build output: do not edit; delete it or pass --force to rebuild)"
+
+
+def write_build(path: Path, sidecar: Path, build: Callable[[Path], None], description: dict) -> dict:
+    """Build ``path`` with ``build(tmp)`` (:func:`write_atomically`), then write its sidecar:
+    ``description`` (which holds ``source.build_key``) with the file's name, sha256 and size.
+    Returns the sidecar's contents."""
+    write_atomically(path, build)
+    info = {**description, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "generated_by": GENERATED_BY}
+    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def check_graph(path: Path, io: dict) -> None:
     """onnx.checker (full check) and strict shape inference; the graph's inputs and outputs
     must be exactly ``io["inputs"] + io["outputs"]`` (name, dtype, shape with named dynamic

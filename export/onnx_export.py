@@ -20,7 +20,6 @@ exporter also produces a valid graph but takes about 90 s at 512² (against abou
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import warnings
@@ -30,7 +29,7 @@ import numpy as np
 
 from engine.motion_space import CHANNELS, NUM_CHANNELS
 from engine.rig import Rig
-from export.files import check_graph, sha256_file, sources_hash, up_to_date, write_atomically
+from export.files import check_graph, sources_hash, up_to_date, write_build
 from export.registry import DEFAULT_OPSET, ExportRequest, ExportResult
 
 EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False)"
@@ -163,12 +162,8 @@ def export_renderer_for_rig(
         export_onnx(rig, tmp, opset)
         check_onnx(tmp, rig)
 
-    write_atomically(path, build)
-    info = {
+    info = write_build(path, sidecar, build, {
         "model": "renderer",
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
         "opset": opset,
         "exporter": EXPORTER,
         **renderer_io(rig),
@@ -189,9 +184,7 @@ def export_renderer_for_rig(
             "has_cavity": rig.mouth.cavity_image is not None,
         },
         "trt": {"precision": "fp32", "why": "sampling coordinates are pixel positions: fp16 has 0.25-0.5 px steps at 512"},
-        "generated_by": "emolive export onnx (a build output: do not edit; delete it or pass --force to rebuild)",
-    }
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    })
     return ExportResult("renderer", path, sidecar, cached=False, seconds=time.perf_counter() - start, info=info)
 
 
