@@ -36,6 +36,10 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="compute threads shared by all sessions for motion and rendering (default: 2). "
                             "This is not a count of server processes: sessions live in one process.")
+    serve.add_argument("--render-processes", type=int, default=None, metavar="N",
+                       help="processes that render and VP8-encode every session's frames, so that this work "
+                            "does not contend with the server's event loop for one Python interpreter "
+                            "(default: 2; 0 renders in the compute threads)")
     serve.add_argument("--max-sessions", type=int, default=None, metavar="N",
                        help="concurrent live sessions; one more is refused with 503 and Retry-After (default: 4)")
     serve.add_argument("--ice-loopback", action="store_true", default=None,
@@ -65,6 +69,8 @@ def _check(args: argparse.Namespace) -> None:
         raise BadInputError(f"--port must be between 0 and 65535, got {args.port}")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise BadInputError(f"--workers must be between 1 and 64, got {args.workers}")
+    if args.render_processes is not None and not 0 <= args.render_processes <= 64:
+        raise BadInputError(f"--render-processes must be between 0 and 64, got {args.render_processes}")
     if args.max_sessions is not None and not 1 <= args.max_sessions <= 1000:
         raise BadInputError(f"--max-sessions must be between 1 and 1000, got {args.max_sessions}")
 
@@ -87,6 +93,7 @@ def run_serve(args: argparse.Namespace) -> None:
             raise BadInputError(f"--motion: {error}") from None
     try:
         settings = Settings.from_env(host=args.host, port=args.port, workers=args.workers,
+                                     render_processes=args.render_processes,
                                      max_sessions=args.max_sessions, ice_loopback=args.ice_loopback,
                                      data_dir=args.data_dir, motion=args.motion, motion_backend=args.motion_backend,
                                      motion_batching=args.motion_batching)

@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,17 +198,30 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, float), q)) if len(values) else math.nan
 
 
-def cpu_seconds() -> float:
+def cpu_seconds(pids: Iterable[int] = ()) -> float:
+    """CPU time of this process and of ``pids`` (its render worker processes)."""
     t = os.times()
-    return t.user + t.system
+    total = t.user + t.system
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # a worker that exited: its time is lost, as a crash would lose it
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return math.nan
+def rss_mb(pids: Iterable[int] = ()) -> float:
+    """Resident memory of this process and of ``pids`` (its render worker processes)."""
+    total = 0.0
+    for pid in ("self", *pids):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024.0
+        except (OSError, StopIteration):
+            return math.nan  # a process gone: no honest total
+    return total
 
 
 async def sleep_until(t: float) -> None:
@@ -281,15 +295,19 @@ class RunResult:
 # ---------------------------------------------------------------------------- engine transport
 
 
-async def _engine_run(rig, n: int, seconds: float, workers: int, turns, seed: int, motion: str) -> RunResult:
+async def _engine_run(rig, n: int, seconds: float, workers: int, render_processes: int, turns, seed: int,
+                      motion: str) -> RunResult:
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
+    from engine.render_workers import RenderWorkers
     from engine.session import Session, SessionOptions, share_cores_between_sessions
 
     share_cores_between_sessions()  # as the server does
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-engine")
+    render_workers = RenderWorkers(render_processes) if render_processes else None
+    pids = render_workers.pids if render_workers else []
     sessions = [Session(rig, create_motion_model(motion), SessionOptions(controls=MotionControls(seed=seed + i)),
-                        executor=executor) for i in range(n)]
+                        executor=executor, render_workers=render_workers) for i in range(n)]
     trackers = [AudioTracker() for _ in range(n)]
     t0 = time.monotonic()
     window = (t0 + WARMUP_S, t0 + WARMUP_S + seconds)
@@ -327,9 +345,9 @@ async def _engine_run(rig, n: int, seconds: float, workers: int, turns, seed: in
 
     async def mark_cpu() -> None:
         await sleep_until(window[0])
-        marks["cpu0"], marks["t0"] = cpu_seconds(), time.monotonic()
+        marks["cpu0"], marks["t0"] = cpu_seconds(pids), time.monotonic()
         await sleep_until(window[1])
-        marks["cpu1"], marks["t1"] = cpu_seconds(), time.monotonic()
+        marks["cpu1"], marks["t1"] = cpu_seconds(pids), time.monotonic()
 
     consumers = [asyncio.ensure_future(consume(i)) for i in range(n)]
     feeders = [asyncio.ensure_future(feed(i)) for i in range(n)]
@@ -338,6 +356,8 @@ async def _engine_run(rig, n: int, seconds: float, workers: int, turns, seed: in
     for session in sessions:
         await session.close()
     executor.shutdown(wait=True)
+    if render_workers is not None:
+        render_workers.close()
     wall = marks["t1"] - marks["t0"]
     results = []
     for i in range(n):
@@ -438,7 +458,8 @@ def _patch_video_track() -> None:
     webrtc.SessionVideoTrack.recv = recv
 
 
-def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int, motion: str) -> RunResult:
+def _webrtc_run(n: int, seconds: float, workers: int, render_processes: int, size: int, seed: int,
+                motion: str) -> RunResult:
     import multiprocessing
 
     import httpx
@@ -447,7 +468,8 @@ def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int, moti
     from server.testing import BackgroundServer
 
     with tempfile.TemporaryDirectory(prefix="emolive-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), ice_loopback=True, workers=workers, max_sessions=max(n, 1),
+        settings = Settings(data_dir=Path(tmp), ice_loopback=True, workers=workers,
+                            render_processes=render_processes, max_sessions=max(n, 1),
                             motion=motion, idle_timeout_s=120.0, detach_grace_s=2.0, peer_silence_s=5.0)
         _patch_video_track()
         _SENT.clear()
@@ -463,6 +485,8 @@ def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int, moti
                 return _ServerRecorder(srv.app.state.registry.get(session_id))
 
             recorders = [srv.call(install(s["session_id"])) for s in created]
+            render_workers = srv.app.state.registry.render_workers
+            pids = render_workers.pids if render_workers else []
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_client_main, args=(child, srv.url, srv.ws_url, created, seconds, seed),
@@ -481,9 +505,9 @@ def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int, moti
                     for rec in recorders:
                         srv.call(_set_window(rec, value))
                     time.sleep(max(0.0, value[0] - time.monotonic()))
-                    marks["cpu0"], marks["t0"] = cpu_seconds(), time.monotonic()
+                    marks["cpu0"], marks["t0"] = cpu_seconds(pids), time.monotonic()
                 elif kind == "end":
-                    marks["cpu1"], marks["t1"] = cpu_seconds(), time.monotonic()
+                    marks["cpu1"], marks["t1"] = cpu_seconds(pids), time.monotonic()
                     codec = srv.call(_codec(srv.app.state.registry.get(created[0]["session_id"])))
                 elif kind == "error":
                     raise RuntimeError(f"bench client failed:\n{value}")
@@ -553,12 +577,12 @@ def _webrtc_run(n: int, seconds: float, workers: int, size: int, seed: int, moti
 
 
 async def _codec(live) -> str:
-    """The server's video codec and who encodes it (aiortc, or server.media's encoder)."""
+    """The server's video codec and who encodes it (aiortc, or the engine session)."""
     try:
         for sender in live.peer.getSenders():
             if sender.kind == "video" and sender.track is not None:
                 codec = getattr(sender.track, "codec", "") or "?"
-                return f"{codec}, encoded by " + ("server.media" if codec == "video/vp8" else "aiortc")
+                return f"{codec}, encoded by " + ("the session" if codec == "video/vp8" else "aiortc")
     except Exception:
         pass
     return "?"
@@ -818,8 +842,9 @@ def _prepare_rig(size: int):
 
 def _one_run(args, n: int, turns, rig) -> RunResult:
     if args.transport == "engine":
-        return asyncio.run(_engine_run(rig, n, args.seconds, args.workers, turns, args.seed, args.motion))
-    return _webrtc_run(n, args.seconds, args.workers, args.size, args.seed, args.motion)
+        return asyncio.run(_engine_run(rig, n, args.seconds, args.workers, args.render_processes, turns, args.seed,
+                                       args.motion))
+    return _webrtc_run(n, args.seconds, args.workers, args.render_processes, args.size, args.seed, args.motion)
 
 
 def bench_stream(args: argparse.Namespace) -> None:
@@ -829,6 +854,8 @@ def bench_stream(args: argparse.Namespace) -> None:
 
     if args.sessions < 1:
         raise BadInputError(f"--sessions must be at least 1, got {args.sessions}")
+    if not 0 <= args.render_processes <= 64:
+        raise BadInputError(f"--render-processes must be between 0 and 64, got {args.render_processes}")
     if not 64 <= args.size <= 1024 or args.size % 2:
         raise BadInputError(f"--size must be an even number between 64 and 1024, got {args.size}")
     if args.seconds < 5:
@@ -838,7 +865,8 @@ def bench_stream(args: argparse.Namespace) -> None:
     rig = _prepare_rig(args.size) if args.transport == "engine" else None
     console.print(f"speech: {source}, {sum(len(t) for t in turns) / RATE:.1f} s; pushed at {RATE} Hz in "
                   f"{1000 * CHUNK // RATE} ms chunks, pauses 0.4–1.2 s, end_of_turn after each turn; "
-                  f"{args.workers} engine worker threads; {os.cpu_count()} CPUs", style="dim")
+                  f"{args.workers} engine worker threads, {args.render_processes} render processes; "
+                  f"{os.cpu_count()} CPUs", style="dim")
     if not args.sweep:
         run = _one_run(args, args.sessions, turns, rig)
         console.print(_session_table(run, args.size, args.seconds, args.motion))
@@ -881,12 +909,16 @@ def bench_stream(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- soak
 
 
-async def _soak(rig, minutes: float, turns, seed: int, motion: str, on_sample) -> dict:
+async def _soak(rig, minutes: float, turns, seed: int, motion: str, render_processes: int, on_sample) -> dict:
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
+    from engine.render_workers import RenderWorkers
     from engine.session import Session, SessionOptions
 
-    session = Session(rig, create_motion_model(motion), SessionOptions(controls=MotionControls(seed=seed)))
+    render_workers = RenderWorkers(render_processes) if render_processes else None
+    pids = render_workers.pids if render_workers else []
+    session = Session(rig, create_motion_model(motion), SessionOptions(controls=MotionControls(seed=seed)),
+                      render_workers=render_workers)
     tracker = AudioTracker(keep_hits=False)  # the bench's own bookkeeping must not show up as RSS growth
     duration = 60.0 * minutes
     first_push: list[float] = []  # push time of each turn's first chunk, in turn order
@@ -937,19 +969,21 @@ async def _soak(rig, minutes: float, turns, seed: int, motion: str, on_sample) -
     async def sample_rss() -> None:
         while time.monotonic() < end:
             elapsed = time.monotonic() - t0
-            samples.append((elapsed, rss_mb()))
+            samples.append((elapsed, rss_mb(pids)))
             on_sample(elapsed, samples[-1][1], len(first_push), tracker)
             await asyncio.sleep(10.0)
-        samples.append((time.monotonic() - t0, rss_mb()))
+        samples.append((time.monotonic() - t0, rss_mb(pids)))
 
     feeder = Feeder(turns, np.random.default_rng(seed), pause=(1.0, 6.0))
     consumer, listener = asyncio.ensure_future(consume()), asyncio.ensure_future(events())
-    cpu0 = cpu_seconds()
+    cpu0 = cpu_seconds(pids)
     results = await asyncio.gather(feeder.run(t0 + 1.0, end - 1.0, push, end_turn, align=align), sample_rss(), consumer)
-    cpu = cpu_seconds() - cpu0
+    cpu = cpu_seconds(pids) - cpu0
     stats = session.stats
     await session.close()
     listener.cancel()
+    if render_workers is not None:
+        render_workers.close()
     turn_hits = [h for h in tracker.hits if h.first_in_turn]
     offsets = []
     for turn, pushed_at in enumerate(first_push, start=1):
@@ -971,18 +1005,20 @@ def bench_soak(args: argparse.Namespace) -> None:
 
     if not args.minutes > 0:
         raise BadInputError(f"--minutes must be positive, got {args.minutes}")
+    if not 0 <= args.render_processes <= 64:
+        raise BadInputError(f"--render-processes must be between 0 and 64, got {args.render_processes}")
     console = _console()
     turns, source = speech_turns()
     rig = _prepare_rig(args.size)
-    console.print(f"soak: 1 session, {args.size}², motion={args.motion}, {args.minutes:g} min; speech: {source}; "
-                  f"idle gaps 1–6 s; RSS every 10 s", style="dim")
+    console.print(f"soak: 1 session, {args.size}², motion={args.motion}, {args.render_processes} render processes, "
+                  f"{args.minutes:g} min; speech: {source}; idle gaps 1–6 s; RSS every 10 s", style="dim")
 
     def on_sample(elapsed, rss, turn_count, tracker):
         if not args.quiet:
             console.print(f"  t={elapsed:6.0f} s  RSS {rss:7.1f} MB  turns {turn_count:4d}  "
                           f"sync errors {tracker.mismatches}", style="dim", highlight=False)
 
-    out = asyncio.run(_soak(rig, args.minutes, turns, args.seed, args.motion, on_sample))
+    out = asyncio.run(_soak(rig, args.minutes, turns, args.seed, args.motion, args.render_processes, on_sample))
     samples, offsets = out["samples"], out["offsets"]
     baseline = samples[1][1] if len(samples) > 2 else samples[0][1]  # after the first 10 s (warm caches)
     final = samples[-1][1]
@@ -1069,6 +1105,9 @@ def add_stream_parsers(bench_kinds) -> None:
     stream.add_argument("--sweep", action="store_true", help="raise N from --sessions (1) until fps < 24")
     stream.add_argument("--max-sessions", type=int, default=16, help="sweep limit (default: 16)")
     stream.add_argument("--workers", type=int, default=2, help="engine worker threads (default: 2, the server's)")
+    stream.add_argument("--render-processes", type=int, default=2, metavar="N",
+                        help="processes that render (and, over WebRTC, VP8-encode) the frames; 0 renders in the "
+                             "worker threads (default: 2, the server's)")
     stream.add_argument("--seed", type=int, default=0, help="seed for pauses and motion (default: 0)")
     stream.add_argument("--motion", type=_motion_spec, default=LIVE_MOTION_MODEL, metavar="MODEL", help=MOTION_HELP)
 
@@ -1083,6 +1122,9 @@ def add_stream_parsers(bench_kinds) -> None:
     soak.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
     soak.add_argument("--seed", type=int, default=0, help="seed for gaps and motion (default: 0)")
     soak.add_argument("--motion", type=_motion_spec, default=LIVE_MOTION_MODEL, metavar="MODEL", help=MOTION_HELP)
+    soak.add_argument("--render-processes", type=int, default=2, metavar="N",
+                      help="processes that render the frames (RSS and CPU include them); 0 renders in a thread "
+                           "(default: 2, the server's)")
     soak.add_argument("--quiet", action="store_true", help="no progress lines")
 
 

@@ -32,7 +32,10 @@ Model steps and renders run in an executor, one job at a time per session; all a
 bookkeeping stays on the event loop thread, so nothing needs a lock. With a shared
 :class:`~engine.motion.batching.MotionBatcher` (diffusion models only), the model step goes to
 the batcher instead, batched with the other sessions' steps of the same tick (their clocks
-share its 25 fps grid), and only the render runs in the executor.
+share its 25 fps grid), and only the render runs in the executor. With shared
+:class:`~engine.render_workers.RenderWorkers`, the executor job hands the render to a worker
+process and waits for it. While :meth:`Session.encode_video` is on, each rendered frame is also
+encoded as VP8 (in the same job) and carries its packet: a WebRTC track only sends it.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ from engine.errors import BadInputError
 from engine.motion import MAX_LOOKAHEAD_FRAMES, MotionModel
 from engine.motion.batching import MotionBatcher, batchable
 from engine.motion_space import FPS, MotionControls
-from engine.render import Renderer
+from engine.render_workers import FrameRenderer, RenderedFrame, RenderWorkers, VideoRequest, WorkerFrameRenderer
 from engine.rig import Rig
+from engine.video import clamp_vp8_bitrate
 
 OUTPUT_RATE = 48000
 SAMPLES_PER_FRAME_OUT = OUTPUT_RATE // FPS
@@ -126,6 +130,8 @@ class SessionFrame:
     audio: np.ndarray  # (SAMPLES_PER_FRAME_OUT,) int16 at OUTPUT_RATE, silence when idle
     motion: np.ndarray  # (NUM_CHANNELS,) float32
     speaking: bool  # this frame carries turn audio
+    packet: bytes | None = None  # the image as VP8 while encode_video is on
+    keyframe: bool = False  # the packet is a VP8 keyframe
 
 
 @dataclass(frozen=True)
@@ -522,13 +528,17 @@ class Session:
         options: SessionOptions = SessionOptions(),
         executor: concurrent.futures.Executor | None = None,
         batcher: MotionBatcher | None = None,
+        render_workers: RenderWorkers | None = None,
     ) -> None:
         if not 0 <= model.lookahead_frames <= MAX_LOOKAHEAD_FRAMES:
             raise ValueError(f"{model.name}: lookahead {model.lookahead_frames} outside 0..{MAX_LOOKAHEAD_FRAMES}")
         self._options = options
         self._model = model
         self._model.start(options.controls)
-        self._renderer = Renderer(rig) if options.render_video else None
+        self._renderer: FrameRenderer | WorkerFrameRenderer | None = None
+        if options.render_video:
+            self._renderer = render_workers.stream(rig) if render_workers is not None else FrameRenderer(rig)
+        self._video: VideoRequest | None = None  # VP8 wanted with each rendered frame
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emolive-session")
         self._batcher = batcher if batcher is not None and batchable(model) else None
@@ -578,6 +588,21 @@ class Session:
         """No more audio for the current turn; playback_finished follows its last sample."""
         self._playout.end_turn()
 
+    def encode_video(self, bitrate: int | None) -> None:
+        """Encode every rendered frame as VP8 at ``bitrate`` b/s (clamped to what
+        ``engine.video`` allows), or stop with None. A stream that starts, or restarts after a
+        stop, begins with a keyframe; a change of bitrate keeps a pending keyframe request."""
+        if bitrate is None:
+            self._video = None
+        else:
+            keyframe = self._video is not None and self._video.keyframe
+            self._video = VideoRequest(clamp_vp8_bitrate(bitrate), keyframe)
+
+    def request_keyframe(self) -> None:
+        """The next rendered frame's packet is a keyframe (a receiver lost the picture)."""
+        if self._video is not None:
+            self._video = VideoRequest(self._video.bitrate, keyframe=True)
+
     def interrupt(self) -> None:
         """Drop all pending turn audio now; the face relaxes to rest from its current pose."""
         if self._playout.interrupt():
@@ -614,6 +639,8 @@ class Session:
             self._job = None
         self._playout.clear()
         self._window.clear()
+        if self._renderer is not None:
+            self._renderer.close()
         if self._owns_executor:
             self._executor.shutdown(wait=True)
 
@@ -678,15 +705,31 @@ class Session:
         if self._batcher is not None:
             motion = (await asyncio.wrap_future(self._batcher.submit(self._model, features)))[0]
             motion_ms = (time.perf_counter() - submitted) * 1000.0
-        self._job = self._executor.submit(self._compute, features, render, motion)
-        motion, image, compute_ms, finished = await asyncio.wrap_future(self._job)
-        self._job = None
+        video = self._video
+        if render and video is not None and video.keyframe:
+            self._video = VideoRequest(video.bitrate)  # asked for once, with this frame
+        remote = render and isinstance(self._renderer, WorkerFrameRenderer)
+        rendered, compute_ms, finished = None, 0.0, time.perf_counter()
+        if motion is None or not remote:
+            self._job = self._executor.submit(self._compute, features, index, render and not remote, video, motion)
+            motion, rendered, compute_ms, finished = await asyncio.wrap_future(self._job)
+            self._job = None
+        if remote:
+            # Sent and read on the loop: a worker thread in between would cost two more
+            # waits for the interpreter lock, which the loop holds most of the time.
+            started = time.perf_counter()
+            rendered = await self._renderer.render_async(motion, index, video)
+            finished = time.perf_counter()
+            compute_ms += (finished - started) * 1000.0
         # The voice is taken after compute so that an interrupt meanwhile silences it.
         audio, speaking, events = self._playout.pop_frame()
         self.stats.last_compute_ms = motion_ms + compute_ms
         self.stats.frames_out += 1
-        self.stats.frames_dropped += int(image is None and self._renderer is not None)
-        self._queue_frame(SessionFrame(index, index / FPS, image, audio, motion, speaking))
+        self.stats.frames_dropped += int(rendered is None and self._renderer is not None)
+        frame = SessionFrame(index, index / FPS, None, audio, motion, speaking)
+        if rendered is not None:
+            frame.image, frame.packet, frame.keyframe = rendered.image, rendered.packet, rendered.keyframe
+        self._queue_frame(frame)
         for event in events:
             self._events_out.put(SessionEvent(*event, frame_index=index))
         return finished - submitted
@@ -699,13 +742,16 @@ class Session:
             stale.image = None  # bounds the memory a slow consumer holds in images
             self.stats.frames_dropped += 1
 
-    def _compute(self, features: np.ndarray, render: bool,
-                 motion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, float, float]:
-        """Runs in the executor: the motion of one frame (unless the batcher made it) and, if
-        asked, its image; its run time in ms and the perf_counter it finished at."""
+    def _compute(self, features: np.ndarray, index: int, render: bool, video: VideoRequest | None,
+                 motion: np.ndarray | None) -> tuple[np.ndarray, RenderedFrame | None, float, float]:
+        """Runs in the executor: the motion of frame ``index`` (unless the batcher made it)
+        and, if asked, its picture (and packet); the run time in ms and the perf_counter it
+        finished at."""
         started = time.perf_counter()
         if motion is None:
             motion = self._model.step(features)[0]
-        image = self._renderer.render(motion) if render and self._renderer is not None else None
+        rendered = None
+        if render and self._renderer is not None:
+            rendered = self._renderer.render(motion, index, video)
         finished = time.perf_counter()
-        return motion, image, (finished - started) * 1000.0, finished
+        return motion, rendered, (finished - started) * 1000.0, finished

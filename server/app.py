@@ -21,6 +21,7 @@ import client_demo
 from engine.errors import BadInputError
 from engine.motion.registry import MOTION_MODELS, parse_spec
 from engine.motion_space import FPS
+from engine.render_workers import RenderWorkers
 from engine.session import share_cores_between_sessions
 from server.avatars import DEFAULT_ID, AvatarStore
 from server.config import Settings
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         share_cores_between_sessions()
+        if settings.render_processes:
+            registry.render_workers = await asyncio.to_thread(RenderWorkers, settings.render_processes)
         if settings.ice_loopback:
             from server.webrtc import enable_loopback_candidates
 
@@ -94,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await registry.shutdown()
             executor.shutdown(wait=False, cancel_futures=True)
+            if registry.render_workers is not None:
+                await asyncio.to_thread(registry.render_workers.close)
 
     app = FastAPI(title="emolive", version="0.1.0", lifespan=lifespan,
                   description="Real-time talking portraits: one portrait + live audio -> a talking face "

@@ -28,6 +28,9 @@ class Settings:
     port: int = 8000
     # Threads that run the engine (motion + render) for all sessions together.
     workers: int = 2
+    # Processes that render and encode every session's frames, off the server's interpreter
+    # (engine.render_workers); 0 renders in the worker threads instead.
+    render_processes: int = 2
     # Concurrent live sessions; one more gets 503 with Retry-After.
     max_sessions: int = 4
     # Offer 127.0.0.1 as an ICE host candidate (aioice leaves loopback out by default).
@@ -79,6 +82,8 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.render_processes < 0:
+            raise ValueError(f"render_processes must be 0 or more, got {self.render_processes}")
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
         check_backend(self.motion_backend)

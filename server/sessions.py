@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from engine.motion.batching import BatchingConfig, MotionBatcher
 from engine.motion.registry import LIVE_MOTION_MODEL, create_motion_model
+from engine.render_workers import RenderWorkers
 from engine.motion_space import MotionControls
 from server.avatars import AvatarStore
 from server.config import Settings
@@ -241,6 +242,7 @@ class SessionRegistry:
         self.store = store
         self.metrics = metrics
         self.executor = executor
+        self.render_workers: RenderWorkers | None = None  # set by the app while it runs
         # One batcher for every session: those running diffusion models step together.
         self.batcher = (MotionBatcher(BatchingConfig(window_s=settings.motion_batch_window_ms / 1000.0))
                         if settings.motion_batching else None)
@@ -282,7 +284,8 @@ class SessionRegistry:
                                       seed=params.seed)
             options = SessionOptions(controls=controls, render_video=params.video, realtime=True,
                                      max_pending_seconds=self.settings.max_pending_seconds)
-            engine = Session(rig, model, options, executor=self.executor, batcher=self.batcher)
+            engine = Session(rig, model, options, executor=self.executor, batcher=self.batcher,
+                             render_workers=self.render_workers)
         except KeyError:
             raise not_found(f"avatar {params.avatar_id!r}") from None
         finally:

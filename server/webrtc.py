@@ -5,11 +5,13 @@ share its clock: video pts = ``frame.index`` on a 90 kHz clock, audio pts = samp
 (``frame.index * 1920`` plus 960 for the second 20 ms half of each 40 ms video frame).
 
 When VP8 and Opus are negotiated (every browser offers both), the tracks hand aiortc packets
-made by ``server.media`` instead of raw frames: same work, about 60 % less CPU per video frame
-and no per-sample Python loop per audio frame (see that module). aiortc tells only its own
-encoder about keyframe requests (PLI/FIR) and the receiver's bandwidth estimate (REMB), and
-has no public hook for them; :func:`_forward_feedback` wraps the video sender's RTCP handler
-so the track hears them too. Any other codec gets raw frames, encoded by aiortc.
+instead of raw frames: the VP8 packets the engine session encodes with each render (in its
+render job, so in a render worker process when the server has them; ``engine.video``: about
+60 % less CPU than aiortc's encoder) and Opus packets from ``server.media`` (no per-sample
+Python loop per audio frame). aiortc tells only its own encoder about keyframe requests
+(PLI/FIR) and the receiver's bandwidth estimate (REMB), and has no public hook for them;
+:func:`_forward_feedback` wraps the video sender's RTCP handler so the track hears them and
+passes them to the session. Any other codec gets raw frames, encoded by aiortc.
 
 Loopback ICE: aioice never offers 127.0.0.1 as a host candidate (``aioice.ice.
 get_host_addresses`` filters it out). With ``Settings.ice_loopback`` the server wraps that
@@ -20,6 +22,7 @@ else in aioice changes, and without the setting nothing is patched.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
 import time
 from typing import Any
@@ -35,13 +38,14 @@ from aiortc.stats import RTCTransportStats
 
 from server.config import Settings
 from server.errors import ApiError
-from server.media import AUDIO_RATE, AUDIO_TIME_BASE, OPUS_FRAME, OpusEncoder, Vp8Encoder, i420_frame
+from engine.video import VIDEO_CLOCK, VP8_START_BITRATE, yuv420p_frame
+from server.media import AUDIO_RATE, AUDIO_TIME_BASE, OPUS_FRAME, OpusEncoder
 from server.metrics import Metrics
 from server.sessions import LiveSession
 
 log = logging.getLogger("emolive.server")
 
-VIDEO_CLOCK = 90_000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_CHUNK = OPUS_FRAME  # 20 ms at 48 kHz
 VP8 = "video/vp8"
 OPUS = "audio/opus"
@@ -96,8 +100,13 @@ def rtc_configuration(settings: Settings) -> RTCConfiguration:
 
 
 class SessionVideoTrack(MediaStreamTrack):
-    """Rendered frames of one session. Keeps only the newest frames: a slow encoder or
-    network loses video frames, never the clock."""
+    """Rendered frames of one session. Keeps only the newest frames: a slow network loses
+    video frames, never the clock.
+
+    With VP8 it sends the session's packets. A VP8 packet depends on the one before it, so a
+    packet that has to be dropped (or the track's start) makes the track ask the session for a
+    keyframe and skip packets until that keyframe arrives.
+    """
 
     kind = "video"
 
@@ -107,41 +116,65 @@ class SessionVideoTrack(MediaStreamTrack):
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=depth)
         self._started = False
         self.codec = ""  # the negotiated codec's MIME type, set once the answer is made
-        self._encoder = Vp8Encoder()
-        self._keyframe = False
+        self.bitrate = VP8_START_BITRATE
+        self._awaiting_keyframe = True
+
+    def start_encoding(self) -> None:
+        """Have the session encode VP8 for this track (its codec is VP8)."""
+        self._live.engine.encode_video(self.bitrate)
+
+    def stop_encoding(self) -> None:
+        if self.codec == VP8:
+            self._live.engine.encode_video(None)
 
     def request_keyframe(self) -> None:
         """The receiver lost the picture (PLI/FIR): the next frame is a keyframe."""
-        self._keyframe = True
+        self._live.engine.request_keyframe()
 
     def set_target_bitrate(self, bps: int) -> None:
-        """The receiver's bandwidth estimate (REMB), clamped by the encoder."""
-        self._encoder.target_bitrate = bps
+        """The receiver's bandwidth estimate (REMB); the session's encoder clamps it."""
+        self.bitrate = bps
+        if self.codec == VP8:
+            self._live.engine.encode_video(bps)
 
     def put_frame(self, frame: Any) -> None:
         if not self._started or frame.image is None:
             return
+        if self.codec == VP8:
+            if frame.packet is None or (self._awaiting_keyframe and not frame.keyframe):
+                return
+            self._awaiting_keyframe = False
         if self._queue.full():
-            self._queue.get_nowait()
+            if self.codec == VP8:  # every packet after a lost one is undecodable: drop them all
+                self._live.count_dropped("webrtc", self._queue.qsize() + 1)
+                while not self._queue.empty():
+                    self._queue.get_nowait()
+                self._awaiting_keyframe = True
+                self.request_keyframe()
+                return
             self._live.count_dropped("webrtc")
+            self._queue.get_nowait()
         self._queue.put_nowait(frame)
 
     async def recv(self) -> av.VideoFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        self._started = True
-        loop = asyncio.get_running_loop()
-        # Conversion and encoding run off the event loop, which carries every session's packets.
-        while True:
-            frame = await self._queue.get()
-            pts = frame.index * (VIDEO_CLOCK // 25)
-            if self.codec != VP8:
-                return await loop.run_in_executor(None, i420_frame, frame.image, pts)
-            keyframe, self._keyframe = self._keyframe, False
-            packet = await loop.run_in_executor(None, self._encoder.encode, frame.image, pts, keyframe)
-            if packet is not None:
-                return packet
-            self._keyframe |= keyframe
+        if not self._started:
+            self._started = True
+            if self.codec == VP8:
+                self.request_keyframe()
+        frame = await self._queue.get()
+        pts = frame.index * (VIDEO_CLOCK // 25)
+        if self.codec == VP8:
+            packet = av.Packet(frame.packet)
+            packet.pts = pts
+            packet.time_base = VIDEO_TIME_BASE
+            return packet
+        # Conversion runs off the event loop, which carries every session's packets.
+        image = await asyncio.get_running_loop().run_in_executor(None, yuv420p_frame, frame.image)
+        image.pts = pts
+        image.time_base = VIDEO_TIME_BASE
+        return image
 
 
 class SessionAudioTrack(MediaStreamTrack):
@@ -315,7 +348,7 @@ async def answer_offer(live: LiveSession, sdp: str, kind: str, settings: Setting
 
     # Made before the offer is applied, so that the answer picks VP8 whatever order the offer
     # lists its codecs in (Safari puts H.264 first): aiortc's own H.264 encoder (libx264 at its
-    # default preset) takes ~13 ms per 512² frame, server.media's VP8 ~2.5 ms.
+    # default preset) takes ~13 ms per 512² frame, the session's VP8 (engine.video) ~2.5 ms.
     sending_video = pc.addTransceiver(video, direction="sendonly")
     sending_video.setCodecPreferences(_vp8_first())
     try:
@@ -340,6 +373,8 @@ async def answer_offer(live: LiveSession, sdp: str, kind: str, settings: Setting
             await gone.wait()
         finally:
             watchdog.cancel()
+            if live.peer is pc:  # a newer peer's track encodes from now on
+                video.stop_encoding()
             live.remove_sink(video)
             live.remove_sink(audio)
             if counted:
@@ -364,4 +399,6 @@ async def answer_offer(live: LiveSession, sdp: str, kind: str, settings: Setting
     codecs = _sent_codecs(pc)
     for track in (video, audio):
         track.codec = next((codec for sender, codec in codecs.items() if sender.track is track), "")
+    if video.codec == VP8:
+        video.start_encoding()
     return pc.localDescription

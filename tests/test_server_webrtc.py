@@ -183,7 +183,7 @@ def test_tts_over_websocket_comes_back_as_video_and_voice(server, speech):
         return peer, events, codecs
 
     peer, events, codecs = run(scenario())
-    assert codecs == ["audio/opus", "video/vp8"]  # the tracks send server.media's packets
+    assert codecs == ["audio/opus", "video/vp8"]  # the tracks send the session's and server.media's packets
     video = peer.video
     assert len(video) >= 25 + 25 * len(speech) / RATE * 0.8
     assert all((f.width, f.height) == (512, 512) for f in video)
@@ -338,33 +338,68 @@ async def gather_v6_only() -> list[str]:
 
 
 def test_vp8_packets_decode_to_the_frames_and_keyframes_come_on_request():
-    from server.media import VP8_MAX_BITRATE, VP8_MIN_BITRATE, Vp8Encoder
+    from engine.video import VP8_MAX_BITRATE, VP8_MIN_BITRATE, Vp8Encoder, clamp_vp8_bitrate
 
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), (9, 9), 3)
     images = [np.roll(base, 2 * k, axis=1) for k in range(6)]
     encoder = Vp8Encoder()
     packets = [encoder.encode(image, 3600 * k, keyframe=k == 4) for k, image in enumerate(images)]
-    assert [p.is_keyframe for p in packets] == [True, False, False, False, True, False]
-    assert [p.pts for p in packets] == [3600 * k for k in range(6)]
+    assert [keyframe for _, keyframe in packets] == [True, False, False, False, True, False]
     decoder = av.CodecContext.create("libvpx", "r")
-    decoded = [f.to_ndarray(format="rgb24") for p in packets for f in decoder.decode(av.Packet(bytes(p)))]
+    decoded = [f.to_ndarray(format="rgb24") for payload, _ in packets for f in decoder.decode(av.Packet(payload))]
     assert len(decoded) == 6
     for image, frame in zip(images, decoded):
         mse = np.mean((image.astype(np.float32) - frame) ** 2)
         assert 10 * np.log10(255**2 / mse) > 30
-    encoder.target_bitrate = 10**9
-    assert encoder.target_bitrate == VP8_MAX_BITRATE
-    encoder.target_bitrate = 1
-    assert encoder.target_bitrate == VP8_MIN_BITRATE
+    assert clamp_vp8_bitrate(10**9) == VP8_MAX_BITRATE
+    assert clamp_vp8_bitrate(1) == VP8_MIN_BITRATE
 
 
-def test_keyframe_requests_and_bandwidth_estimates_reach_the_video_track():
-    """aiortc hands PLI/FIR and REMB only to its own encoder; the track must hear them too."""
+def test_the_video_track_never_sends_a_vp8_packet_whose_reference_was_dropped():
+    """A VP8 inter frame needs the one before it: the track starts at a keyframe, and when the
+    network falls behind and it must drop, it drops to the next keyframe, which it asks for."""
+    from types import SimpleNamespace
+
+    from server.webrtc import VP8, SessionVideoTrack
+
+    asked: list[str] = []
+    dropped: list[int] = []
+    live = SimpleNamespace(engine=SimpleNamespace(request_keyframe=lambda: asked.append("keyframe")),
+                           count_dropped=lambda stage, n=1: dropped.append(n))
+    track = SessionVideoTrack(live, depth=2)  # type: ignore[arg-type]
+    track.codec = VP8
+
+    def frame(index: int, keyframe: bool) -> SimpleNamespace:
+        return SimpleNamespace(index=index, image=np.zeros((2, 2, 3), np.uint8), packet=bytes([index]),
+                               keyframe=keyframe)
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(track.recv())  # the peer starts pulling: a keyframe is asked for
+        await asyncio.sleep(0)
+        assert asked == ["keyframe"]
+        for index, keyframe in ((0, False), (1, True), (2, False)):
+            track.put_frame(frame(index, keyframe))
+        sent = [(await first).pts // 3600, (await track.recv()).pts // 3600]
+        for index in (3, 4, 5):  # the sender stalls: 3 and 4 fill the queue, 5 overflows it
+            track.put_frame(frame(index, False))
+        track.put_frame(frame(6, False))  # waits for the keyframe
+        track.put_frame(frame(7, True))
+        sent.append((await track.recv()).pts // 3600)
+        return sent
+
+    assert run(scenario()) == [1, 2, 7]
+    assert asked == ["keyframe", "keyframe"] and dropped == [3]
+
+
+def test_keyframe_requests_and_bandwidth_estimates_reach_the_session():
+    """aiortc hands PLI/FIR and REMB only to its own encoder; the session that encodes the
+    track's VP8 must hear them too."""
+    from types import SimpleNamespace
+
     from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
-    from server.media import VP8_START_BITRATE
-    from server.webrtc import SessionVideoTrack, _forward_feedback
+    from server.webrtc import VP8, SessionVideoTrack, _forward_feedback
 
     class Sender:  # the one method of RTCRtpSender that _forward_feedback wraps
         def __init__(self) -> None:
@@ -373,14 +408,23 @@ def test_keyframe_requests_and_bandwidth_estimates_reach_the_video_track():
         async def _handle_rtcp_packet(self, packet: Any) -> None:
             self.seen.append(packet)
 
-    sender, track = Sender(), SessionVideoTrack(live=None)  # type: ignore[arg-type]
+    class Engine:  # what the track asks of the engine session
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def encode_video(self, bitrate: int | None) -> None:
+            self.calls.append(("bitrate", bitrate))
+
+        def request_keyframe(self) -> None:
+            self.calls.append(("keyframe",))
+
+    engine = Engine()
+    sender, track = Sender(), SessionVideoTrack(live=SimpleNamespace(engine=engine))  # type: ignore[arg-type]
+    track.codec = VP8
     _forward_feedback(sender, track)  # type: ignore[arg-type]
-    assert track._encoder.target_bitrate == VP8_START_BITRATE
     for fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-        track._keyframe = False
         run(sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=fmt, ssrc=1, media_ssrc=2)))
-        assert track._keyframe
     remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(800_000, [2]))
     run(sender._handle_rtcp_packet(remb))
-    assert track._encoder.target_bitrate == 800_000
+    assert engine.calls == [("keyframe",), ("keyframe",), ("bitrate", 800_000)]
     assert len(sender.seen) == 3  # aiortc's own handling still runs

@@ -364,6 +364,82 @@ def test_a_failing_model_ends_frames_with_its_error(rig) -> None:
     run(main())
 
 
+@pytest.fixture(scope="module")
+def render_workers():
+    from engine.render_workers import RenderWorkers
+
+    workers = RenderWorkers(2)
+    yield workers
+    workers.close()
+
+
+def decode_vp8(frames: list[SessionFrame]) -> list[np.ndarray]:
+    import av
+
+    decoder = av.CodecContext.create("libvpx", "r")
+    return [f.to_ndarray(format="rgb24") for frame in frames for f in decoder.decode(av.Packet(frame.packet))]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float32) - b) ** 2)))
+
+
+def test_render_workers_give_the_same_frames_and_vp8_that_decodes_to_them(rig, speech, render_workers) -> None:
+    """A session rendering in worker processes emits the pictures and packets a session
+    rendering in its own thread does; VP8 starts with a keyframe and gives one on request."""
+
+    async def stream(workers) -> list[SessionFrame]:
+        s = Session(rig, create_motion_model("baseline"), SessionOptions(realtime=False), render_workers=workers)
+        s.push_audio(speech[: RATE * 2], RATE)
+        s.end_of_turn()
+        frames = []
+        async for frame in s.frames():
+            if frame.index == 4:
+                s.encode_video(400_000)
+            if frame.index == 20:
+                s.request_keyframe()
+            frames.append(frame)
+            if len(frames) == 40:
+                break
+        await s.close()
+        return frames
+
+    here, there = run(stream(None)), run(stream(render_workers))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(here, there))
+    assert [f.packet for f in here] == [f.packet for f in there]
+    # Packets from the first frame rendered after encode_video on; keyframes where asked.
+    assert [f.packet is not None for f in there] == [i > 4 for i in range(40)]
+    encoded = [f for f in there if f.packet is not None]
+    assert [f.index for f in encoded if f.keyframe] == [5, 21]
+    decoded = decode_vp8(encoded)
+    assert len(decoded) == len(encoded)
+    assert min(psnr(f.image, image) for f, image in zip(encoded, decoded)) > 30
+    assert render_workers.stream_count == 0  # closed sessions gave theirs back
+
+
+def test_a_dead_render_worker_ends_frames_with_an_error_and_is_replaced(rig, render_workers) -> None:
+    import os
+    import signal
+
+    killed = render_workers.pids
+
+    async def main() -> None:
+        s = Session(rig, create_motion_model("baseline"), SessionOptions(realtime=False), render_workers=render_workers)
+        await take(s.frames(), 3)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="render worker .* exited"):
+            await take(s.frames(), 50)
+        await s.close()
+        s = Session(rig, create_motion_model("baseline"), SessionOptions(realtime=False), render_workers=render_workers)
+        assert len(await take(s.frames(), 3)) == 3
+        await s.close()
+
+    run(main())
+    assert set(render_workers.pids).isdisjoint(killed)
+    assert render_workers.stream_count == 0
+
+
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 48000])
 def test_a_turn_starts_inside_a_read_as_soon_as_holdback_allows_and_never_runs_dry(rate: int) -> None:
     """One frame of audio per read, pushed in uneven pieces: the turn starts in the read where
