@@ -710,7 +710,7 @@ class Session:
             self._video = VideoRequest(video.bitrate)  # asked for once, with this frame
         remote = render and isinstance(self._renderer, WorkerFrameRenderer)
         rendered, compute_ms, finished = None, 0.0, time.perf_counter()
-        if motion is None or not remote:
+        if motion is None or (render and not remote):
             self._job = self._executor.submit(self._compute, features, index, render and not remote, video, motion)
             motion, rendered, compute_ms, finished = await asyncio.wrap_future(self._job)
             self._job = None
