@@ -91,7 +91,10 @@ def test_augmentation_is_seeded_and_keeps_timing() -> None:
 
 
 def test_corpus_plan_holds_out_voices_and_a_language() -> None:
-    from training.corpus import HELD_OUT_LANGUAGE, HELD_OUT_VOICES, plan_corpus
+    from training.corpus import (
+        CATALAN_SENTENCES, FESTIVAL_SHARE, FESTIVAL_VOICES, HELD_OUT_LANGUAGE, HELD_OUT_VOICES, plan_corpus,
+    )
+    from training.tts import festival_encode
 
     plan = plan_corpus(400, seed=0, eval_per_group=2)
     train_voices = {j.voice for j in plan.train}
@@ -102,6 +105,19 @@ def test_corpus_plan_holds_out_voices_and_a_language() -> None:
     again = plan_corpus(400, seed=0, eval_per_group=2)
     assert [(j.voice, j.text, j.seed) for j in again.train] == [(j.voice, j.text, j.seed) for j in plan.train]
     assert len({v.partition(":")[0] for v in train_voices}) == 3  # flite, festival, espeak-ng
+
+    # The extra festival voices: their share, none held out or Italian, text each can read.
+    assert not set(FESTIVAL_VOICES) & set(HELD_OUT_VOICES)
+    assert HELD_OUT_LANGUAGE not in {lang for lang, _ in FESTIVAL_VOICES.values()}
+    extra = [j for j in plan.train if j.voice in FESTIVAL_VOICES]
+    assert abs(len(extra) / len(plan.train) - FESTIVAL_SHARE) < 0.05
+    assert {j.voice for j in extra} == set(FESTIVAL_VOICES)
+    for j in extra:
+        festival_encode(j.text, j.voice.partition(":")[2])
+    catalan = [j.text for j in extra if j.voice == "festival:upc_ca_ona_hts"]
+    assert any(t in CATALAN_SENTENCES for t in catalan) and any(t not in CATALAN_SENTENCES for t in catalan)
+    russian = [j.text for j in extra if j.voice == "festival:msu_ru_nsh_clunits"]
+    assert all(any("а" <= c <= "я" for c in t.lower()) for t in russian)
 
 
 def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:

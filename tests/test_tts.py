@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 
 from training.mouth_tracker import best_offset_correlation, count_blinks, track_video
-from training.tts import Phone, available_voices, main, synthesize
-from training.visemes import BILABIALS, closure_intervals, openness
+from training.targets import viseme_of
+from training.tts import Phone, TTSError, available_voices, festival_encode, main, synthesize
+from training.visemes import BILABIALS, OPENNESS, closure_intervals, openness
 
 ASSETS = Path(__file__).resolve().parents[1] / "engine" / "assets"
 TEXT = "Hello, my name is Bob. I like big apples, and I am happy to meet you. Please, bring the map."
@@ -71,6 +72,65 @@ def test_espeak_pauses_are_sample_exact() -> None:
     assert inner
     for p in inner:
         assert np.all(raw.audio[round(p.start * raw.rate) : round(p.end * raw.rate)] == 0.0)
+
+
+# One short sentence per festival training voice beyond kal_diphone, in its own language, each
+# with bilabials (training.corpus.FESTIVAL_VOICES).
+FESTIVAL_SENTENCES = {
+    "festival:upc_ca_ona_hts": "La meva mare menja pa amb formatge i vi.",
+    "festival:ked_diphone": "Bob, my papa bought a big map.",
+    "festival:czech_dita": "Máma mele maso, obě babičky pijí vodu.",
+    "festival:czech_krb": "Máma mele maso, obě babičky pijí vodu.",
+    "festival:czech_machac": "Máma mele maso, obě babičky pijí vodu.",
+    "festival:czech_ph": "Máma mele maso, obě babičky pijí vodu.",
+    "festival:suo_fi_lj_diphone": "Pappa ja äiti ostavat omenoita.",
+    "festival:hy_fi_mv_diphone": "Pappa ja äiti ostavat omenoita.",
+    "festival:msu_ru_nsh_clunits": "Мама мыла раму, а папа пьёт молоко.",
+}
+
+
+@pytest.mark.parametrize("voice", sorted(FESTIVAL_SENTENCES))
+def test_festival_voices_give_mapped_contiguous_phones(voice: str) -> None:
+    if voice not in available_voices():
+        pytest.skip(f"{voice} is not installed")
+    utt = synthesize(FESTIVAL_SENTENCES[voice], voice, rate=16000)
+    assert utt.rate == 16000 and 1.0 < utt.duration < 6.0
+    assert utt.phones[0].start == 0.0 and utt.phones[-1].end == pytest.approx(utt.duration, abs=1e-6)
+    for prev, cur in zip(utt.phones, utt.phones[1:]):
+        assert cur.start == prev.end and cur.end > cur.start
+    for p in utt.phones:
+        assert p.symbol in OPENNESS and viseme_of(p.symbol)
+    speech = [p for p in utt.phones if p.symbol != "pau"]
+    # The text reached the front end whole (an encoding slip spells words letter by letter).
+    assert 15 <= len(speech) <= 45
+    assert {"m", "p"} <= {p.symbol for p in speech}
+    assert sum(p.duration for p in speech) > 0.6 * utt.duration
+
+
+def test_festival_phone_sets_map_every_phone() -> None:
+    from training.tts import _FESTIVAL_PHONESETS, _RADIO_PHONES, _RADIO_SILENCES, _festival_symbol
+
+    for phoneset, table in {"radio": dict.fromkeys(_RADIO_PHONES | _RADIO_SILENCES), **_FESTIVAL_PHONESETS}.items():
+        for symbol in table:
+            assert viseme_of(_festival_symbol(phoneset, symbol, "test")), (phoneset, symbol)
+    # The mappings that matter most to the lips.
+    assert _festival_symbol("czech", "m", "t") == "m" and _festival_symbol("czech", "s~", "t") == "sh"
+    assert _festival_symbol("finnish", "p:", "t") == "p" and _festival_symbol("finnish", "7", "t") == "ow"
+    assert _festival_symbol("msu_ru", "bb", "t") == "b" and _festival_symbol("msu_ru", "uu", "t") == "uw"
+    assert _festival_symbol("upc_catalan-central", "O1", "t") == "ao"
+    assert _festival_symbol("upc_catalan-central", "#", "t") == "pau"
+    with pytest.raises(TTSError, match="no ARPAbet class"):
+        _festival_symbol("czech", "qq", "t")
+    with pytest.raises(TTSError, match="no ARPAbet map"):
+        _festival_symbol("klingon", "m", "t")
+
+
+def test_festival_text_goes_in_the_voice_encoding() -> None:
+    assert festival_encode("Řeka – „dobrá“", "czech_dita") == "Řeka - \"dobrá\"".encode("iso-8859-2")
+    assert festival_encode("l'àvia", "upc_ca_ona_hts") == "l'àvia".encode("iso-8859-15")
+    assert festival_encode("Hello", "kal_diphone") == b"Hello"
+    with pytest.raises(ValueError, match="iso-8859-1"):
+        festival_encode("Żaba", "suo_fi_lj_diphone")
 
 
 def test_unknown_voice_is_a_clear_error() -> None:

@@ -1,17 +1,25 @@
 """The training corpus: synthesised speech with exact phone timings -> (features, motion) pairs.
 
 Text comes only from what Debian packages ship (``fortunes-min``, ``fortunes-de``/``-es``/``-it``,
-the ``w*`` word lists) and from sentences written here to cover the phone inventory (bilabials,
-labiodentals, rounded vowels, affricates) plus pseudo-words in the spelling of each language
-that has no text package. Voices (``training.tts``; MBROLA and svox-pico are non-free and never
-used):
+``fortunes-cs``, ``fortunes-ru``, the ``w*`` word lists including ``wcatalan``) and from sentences
+written here to cover the phone inventory (bilabials, labiodentals, rounded vowels, affricates;
+in English and Catalan) plus pseudo-words in the spelling of each language that has no text
+package. Voices (``training.tts``; MBROLA and svox-pico are non-free and never used):
 
 - train: flite ``slt``, ``kal``, ``kal16``; festival ``kal_diphone``; espeak-ng English
   (several accents) and ~25 other Latin-script languages, each with random voice variants;
+- train, ~18 % of the utterances (``FESTIVAL_VOICES``): festival voices that sound more
+  natural than the diphone and formant ones, so that held-out natural voices are less far
+  from everything seen: Catalan ``upc_ca_ona_hts`` (HTS, the largest part), Russian
+  ``msu_ru_nsh_clunits`` (unit selection), US English ``ked_diphone``, Czech ``czech_dita``,
+  ``czech_krb``, ``czech_machac``, ``czech_ph`` and Finnish ``suo_fi_lj_diphone``,
+  ``hy_fi_mv_diphone``. Their text: Catalan sentences written here and ``wcatalan`` words,
+  ``fortunes-cs`` (not its Slovak file), ``fortunes-ru``, Finnish pseudo-words, English as above;
 - held out, evaluation only: flite ``awb`` and ``rms``, festival ``cmu_us_slt_arctic_hts``
-  (the only HTS voice) and the whole Italian language (espeak-ng ``it`` with three variants,
-  text from ``fortunes-it``). No held-out voice or language is ever synthesised for training,
-  and the English evaluation sentences are disjoint from the training sentences.
+  and the whole Italian language (espeak-ng ``it`` with three variants, text from
+  ``fortunes-it``; festival's Italian voices are never installed for training). No held-out
+  voice or language is ever synthesised for training, and the English evaluation sentences
+  are disjoint from the training sentences.
 
 Each training utterance is augmented (``training.augment``) into ``copies`` versions, each with
 its own seeded motion targets (``training.targets``) and controls. Everything is seeded from
@@ -20,6 +28,7 @@ one integer: the same seed gives the same corpus, byte for byte.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -34,7 +43,7 @@ from engine.audio import log_mel, video_frame_features
 from engine.motion_space import FPS
 from training.augment import augment, to_16k
 from training.targets import Controls, motion_targets
-from training.tts import Phone, TTSError, Utterance, synthesize
+from training.tts import Phone, TTSError, Utterance, festival_encode, synthesize
 
 FORTUNES = Path("/usr/share/games/fortunes")
 DICT = Path("/usr/share/dict")
@@ -51,6 +60,23 @@ ESPEAK_TEXT_LANGUAGES = {"de": "fortunes:de", "es": "fortunes:es", "fr-fr": "dic
 # Languages read from pseudo-words spelled with their own letters (rules produce their phones).
 ESPEAK_PSEUDO_LANGUAGES = ("cs", "fi", "hu", "tr", "ro", "id", "sw", "hr", "sk", "da", "nb", "ca", "eu", "cy",
                            "lv", "lt", "et", "af", "eo", "ms", "sl", "sq", "is", "mt", "haw", "mi")
+# Festival voices other than kal_diphone: voice -> (language of its text, percent of the training
+# utterances). ona is the only HTS voice we may train on (slt's is held out) and the closest to
+# natural speech, so it gets the largest part; the Russian unit-selection voice comes next.
+# Festival is slow (a process per utterance, 0.5-1.5 s each): 18 % keeps the build time modest.
+FESTIVAL_VOICES = {
+    "festival:upc_ca_ona_hts": ("ca", 6.0),
+    "festival:msu_ru_nsh_clunits": ("ru", 3.0),
+    "festival:ked_diphone": ("en", 3.0),
+    "festival:czech_dita": ("cs", 1.0), "festival:czech_krb": ("cs", 1.0),
+    "festival:czech_machac": ("cs", 1.0), "festival:czech_ph": ("cs", 1.0),
+    "festival:suo_fi_lj_diphone": ("fi", 1.0), "festival:hy_fi_mv_diphone": ("fi", 1.0),
+}
+FESTIVAL_SHARE = sum(w for _, w in FESTIVAL_VOICES.values()) / 100.0
+# Their text, where a package has some (Finnish has none: pseudo-words). fortunes-cs also
+# ships Slovak, which the Czech front end would misread.
+FESTIVAL_TEXT = {"ca": "dict:catalan", "cs": "fortunes:cs", "ru": "fortunes:ru"}
+_FORTUNES_SKIP = {"cs": ("klasik-sk",)}
 VARIANTS = ("", "", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
             "+klatt", "+klatt2", "+klatt3", "+croak", "+iven", "+benjamin", "+linda", "+steph", "+john")
 
@@ -86,6 +112,52 @@ COVER_SENTENCES = (
     "Sixty-six sheep sleep in the shed beside the shore.",
 )
 # Held-out English sentences (evaluation only), also written here: never in the training text.
+# Catalan, written here (no Catalan text package but the word list): bilabials, labiodentals,
+# rounded vowels; read by the Catalan HTS voice. Central Catalan says v as b.
+CATALAN_SENTENCES = (
+    "El pare i la mare mengen pa amb tomàquet.",
+    "La Maria va comprar un barret blau al mercat.",
+    "Bon dia, com estàs? Molt bé, gràcies.",
+    "El meu avi fuma una pipa al balcó.",
+    "Podem passejar pel parc aquest migdia?",
+    "La bruixa bufa les bombolles de sabó.",
+    "Un bou i un bisó beuen aigua a la bassa.",
+    "M'agrada molt la música popular.",
+    "El poble és a prop de la platja.",
+    "Compra mig quilo de pomes i un meló.",
+    "Els nens juguen a pilota a la plaça major.",
+    "Hi ha un vaixell blanc al port de Palamós.",
+    "La Montse porta un vestit vermell molt bonic.",
+    "Tu i jo som amics des de fa molts anys.",
+    "Vull un got d'aigua fresca, si us plau.",
+    "El foc crema a la llar de la masia.",
+    "La lluna plena brilla sobre el mar.",
+    "Ahir vam menjar peix amb patates.",
+    "Em fa mal el peu dret des de dimarts.",
+    "Bufa un vent fort i plou a bots i barrals.",
+    "El gos del veí borda tota la nit.",
+    "Quin fred que fa avui al matí!",
+    "La pluja mulla els camps de blat.",
+    "Una papallona blava vola per sobre les flors.",
+    "Mou-te una mica, que no hi veig bé.",
+    "El metge m'ha dit que em quedi a casa.",
+    "Ompliu les ampolles amb oli d'oliva.",
+    "Obre la boca i mostra'm les dents.",
+    "Aquesta ombra és bona per fer la migdiada.",
+    "Un home vell ven mel i mantega al mercat.",
+    "Fem una foto de la família a la font.",
+    "Busco el meu mòbil, l'has vist?",
+    "Febrer és un mes curt però fred.",
+    "La nena dibuixa un mapa del món.",
+    "Visc a Barcelona, prop de la Sagrada Família.",
+    "El cambrer porta un plat de mongetes.",
+    "Bombons, pomes i maduixes per postres.",
+    "Molta gent espera l'autobús a la parada.",
+    "Puc obrir la finestra? Fa molta calor.",
+    "El pou és profund i l'aigua és molt bona.",
+    "Les ovelles pasturen a la muntanya.",
+    "Un ós bru dorm sota un pi.",
+)
 EVAL_SENTENCES = (
     "Bob, my papa bought a big map of Panama, and palm trees bob above the bay.",
     "Mom baked a plum pie, then Pam made a pumpkin mousse for the members.",
@@ -165,8 +237,10 @@ def language_sentences(source: str) -> list[str]:
     kind, _, name = source.partition(":")
     if kind == "fortunes":
         folder = FORTUNES / name
-        files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix not in (".dat", ".u8"))
-        utf8 = sorted(p for p in folder.glob("*.u8"))
+        skip = _FORTUNES_SKIP.get(name, ())
+        kept = [p for p in sorted(folder.glob("*")) if p.is_file() and p.stem not in skip]
+        files = [p for p in kept if p.suffix not in (".dat", ".u8")]
+        utf8 = [p for p in kept if p.suffix == ".u8"]
         return _fortune_sentences(utf8 or files)
     return []
 
@@ -211,6 +285,45 @@ def _pseudo_text(lang: str, rng: random.Random) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+@functools.lru_cache(maxsize=1)  # ~4 s of reading and filtering; callers only read it
+def festival_texts() -> dict[str, tuple[list[str], list[str]]]:
+    """(sentences, words) for each language of ``FESTIVAL_VOICES`` with a text package, kept to
+    what its voices' 8-bit encoding can spell (any other would fail at synthesis) and, for
+    Russian, to sentences with Cyrillic in them (a few fortunes-ru entries are English)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for lang, source in FESTIVAL_TEXT.items():
+        name = next(v for v, (vl, _) in FESTIVAL_VOICES.items() if vl == lang).partition(":")[2]
+        kind, _, what = source.partition(":")
+        sentences = language_sentences(source) if kind == "fortunes" else []
+        words = _words(what) if kind == "dict" else []
+
+        def readable(text: str) -> bool:
+            if lang == "ru" and not re.search("[\u0400-\u04ff]", text):
+                return False
+            try:
+                festival_encode(text, name)
+            except ValueError:
+                return False
+            return True
+
+        out[lang] = ([t for t in sentences if readable(t)], [w for w in words if readable(w)])
+    return out
+
+
+def _festival_text(lang: str, texts: dict[str, tuple[list[str], list[str]]], rng: random.Random) -> str:
+    """Text for one of the non-English ``FESTIVAL_VOICES``."""
+    sentences, words = texts.get(lang, ([], []))
+    if lang == "ca" and rng.random() < 0.4:
+        return rng.choice(CATALAN_SENTENCES)
+    if sentences and rng.random() < 0.85:
+        return rng.choice(sentences)
+    if words:
+        return _word_salad(words, rng)
+    if sentences:
+        return rng.choice(sentences)
+    return _pseudo_text(lang, rng)
+
+
 # ----------------------------------------------------------------------------- plan
 
 
@@ -221,7 +334,8 @@ class CorpusPlan:
 
 
 def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan:
-    """Which voice says which text: ~45 % English (flite/festival/espeak), the rest espeak languages."""
+    """Which voice says which text: ``FESTIVAL_SHARE`` (~18 %) the ``FESTIVAL_VOICES``; of the rest
+    ~45 % English (flite/festival/espeak) and the other ~55 % espeak languages."""
     rng = random.Random(seed)
     english = english_sentences()
     rng.shuffle(english)
@@ -229,24 +343,36 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
     lang_text = {lang: language_sentences(src) for lang, src in ESPEAK_TEXT_LANGUAGES.items()}
     lang_words = {lang: _words(src.partition(":")[2]) for lang, src in ESPEAK_TEXT_LANGUAGES.items() if src.startswith("dict:")}
     english_words = _words("american-english")
+    fest_texts = festival_texts() if n_train > 0 else {}
+    fest_voices = list(FESTIVAL_VOICES)
+    fest_weights = [w for _, w in FESTIVAL_VOICES.values()]
     plan = CorpusPlan()
     e_iter = iter(english)
     for i in range(n_train):
         u = rng.random()
-        if u < 0.28:  # flite / festival English
-            voice = ENGLISH_VOICES[rng.randrange(len(ENGLISH_VOICES))]
-            if voice.startswith("festival") and rng.random() < 0.5:  # festival is slow: keep it a minority
-                voice = "flite:kal16"
-        elif u < 0.5:
-            voice = f"espeak-ng:{rng.choice(ESPEAK_ENGLISH)}{rng.choice(VARIANTS)}"
-        elif u < 0.78:
-            lang = rng.choice(sorted(ESPEAK_TEXT_LANGUAGES))
-            voice = f"espeak-ng:{lang}{rng.choice(VARIANTS)}"
+        if u < FESTIVAL_SHARE:
+            voice = rng.choices(fest_voices, fest_weights)[0]
         else:
-            lang = rng.choice(ESPEAK_PSEUDO_LANGUAGES)
-            voice = f"espeak-ng:{lang}{rng.choice(VARIANTS)}"
-        lang = voice.partition(":")[2].partition("+")[0]
-        if voice.startswith(("flite", "festival")) or lang.startswith("en"):
+            u = (u - FESTIVAL_SHARE) / (1.0 - FESTIVAL_SHARE)  # the rest keeps its old proportions
+            if u < 0.28:  # flite / festival English
+                voice = ENGLISH_VOICES[rng.randrange(len(ENGLISH_VOICES))]
+                if voice.startswith("festival") and rng.random() < 0.5:  # festival is slow: keep it a minority
+                    voice = "flite:kal16"
+            elif u < 0.5:
+                voice = f"espeak-ng:{rng.choice(ESPEAK_ENGLISH)}{rng.choice(VARIANTS)}"
+            elif u < 0.78:
+                lang = rng.choice(sorted(ESPEAK_TEXT_LANGUAGES))
+                voice = f"espeak-ng:{lang}{rng.choice(VARIANTS)}"
+            else:
+                lang = rng.choice(ESPEAK_PSEUDO_LANGUAGES)
+                voice = f"espeak-ng:{lang}{rng.choice(VARIANTS)}"
+        if voice in FESTIVAL_VOICES:
+            lang = FESTIVAL_VOICES[voice][0]
+        elif voice.startswith(("flite", "festival")):
+            lang = "en"
+        else:
+            lang = voice.partition(":")[2].partition("+")[0]
+        if lang.startswith("en"):
             r = rng.random()
             if r < 0.12:
                 text = rng.choice(cover)
@@ -254,6 +380,8 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
                 text = _word_salad(english_words, rng)
             else:
                 text = next(e_iter, None) or _word_salad(english_words, rng)
+        elif voice in FESTIVAL_VOICES:
+            text = _festival_text(lang, fest_texts, rng)
         elif lang in lang_text and lang_text[lang] and rng.random() < 0.85:
             text = rng.choice(lang_text[lang])
         elif lang in lang_words and lang_words[lang]:

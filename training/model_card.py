@@ -32,9 +32,11 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "## Data",
         f"- {c['train_utterances']} synthesised utterances × {c['copies']} augmented copies = {c['train_clips']} clips, "
         f"{c['train_minutes']:.0f} minutes of audio; {len(c['voices'])} distinct training voices "
-        "(flite slt/kal/kal16, festival kal_diphone, espeak-ng English accents and 34 other languages with voice variants).",
-        "- Text: fortunes-min / fortunes-de / fortunes-es sentences, Debian word lists, sentences written for phone coverage, "
-        "pseudo-words in each language's spelling.",
+        "(flite slt/kal/kal16, festival kal_diphone, espeak-ng English accents and 34 other languages with voice variants; "
+        "festival ked_diphone, Catalan HTS upc_ca_ona_hts, Russian msu_ru_nsh_clunits, Czech dita/krb/machac/ph and "
+        "Finnish suo_fi_lj/hy_fi_mv).",
+        "- Text: fortunes-min / fortunes-de / fortunes-es / fortunes-cs / fortunes-ru sentences, Debian word lists, "
+        "sentences written for phone coverage (English, Catalan), pseudo-words in each language's spelling.",
         f"- Held out (evaluation only): voices {', '.join(c['held_out_voices'])}; the whole language "
         f"`{c['held_out_language']}` ({', '.join(c['held_out_language_voices'])}).",
         "- Targets: phone -> viseme -> blendshapes with dominance-blended coarticulation, bilabial closures pinned, "

@@ -8,8 +8,14 @@ Voices are named ``engine:voice``:
 - ``espeak-ng:<language>`` (``en-us``, ``de``, ``fr``, ... or ``en-us+f3`` variants):
   libespeak-ng is driven through ctypes; its phoneme events carry the output sample at
   which each phoneme starts. Their IPA names are mapped onto ARPAbet classes.
-- ``festival:<voice>`` (``kal_diphone``, ``cmu_us_slt_arctic_hts``): a Scheme script
-  prints each Segment's end time after ``utt.synth``.
+- ``festival:<voice>``: a Scheme script prints the voice's phone set and each Segment's end
+  time after ``utt.synth``. US English (radio phone set, ARPAbet already): ``kal_diphone``,
+  ``ked_diphone``, ``cmu_us_slt_arctic_hts``. Other languages, whose phone sets are mapped
+  through IPA onto the same ARPAbet classes as espeak-ng's: Catalan ``upc_ca_ona_hts`` (HTS),
+  Czech ``czech_dita``, ``czech_krb``, ``czech_machac``, ``czech_ph`` (diphone), Finnish
+  ``suo_fi_lj_diphone``, ``hy_fi_mv_diphone``, Russian ``msu_ru_nsh_clunits`` (unit
+  selection). Text is handed over in the encoding each voice reads (Latin-9, Latin-2, ...).
+  A phone no map knows raises ``TTSError`` rather than becoming silence.
 
 Every phone symbol is lower-case ARPAbet; silence is ``pau``. Phones are contiguous and
 cover the audio exactly, from 0 to its duration.
@@ -36,7 +42,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["Phone", "Utterance", "TTSError", "synthesize", "available_voices", "main"]
+__all__ = ["Phone", "Utterance", "TTSError", "synthesize", "available_voices", "festival_encode", "main"]
 
 _TIMEOUT_S = 120.0
 # Largest gap tolerated between the engine's last phone end and the audio it wrote; kal's
@@ -110,7 +116,8 @@ def available_voices() -> list[str]:
 
 def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S)
+        # errors='replace': festival echoes words in its voice's 8-bit encoding on stderr.
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=_TIMEOUT_S)
     except FileNotFoundError as exc:
         raise TTSError(f"{what}: {cmd[0]} is not installed") from exc
     except subprocess.TimeoutExpired as exc:
@@ -192,30 +199,131 @@ _FESTIVAL_SCRIPT = """\
 (voice_{voice})
 (set! utt (utt.synth (Utterance Text "{text}")))
 (utt.save.wave utt "{wav}" 'riff)
+(format t "PHONESET %s\\n" (cadr (assoc 'name (PhoneSet.description '(name)))))
 (mapcar (lambda (s) (format t "SEG %s %f\\n" (item.name s) (item.feat s "end")))
         (utt.relation.items utt 'Segment))
 """
+
+# Festival reads the script as bytes and each voice's front end as one 8-bit encoding (the
+# ``coding`` in its voice description): a UTF-8 "č" would reach a Czech lexicon as two Latin-2
+# letters. Voices not listed here are English and get UTF-8 as before.
+_FESTIVAL_CODINGS = {
+    "upc_ca_ona_hts": "iso-8859-15",
+    "czech_dita": "iso-8859-2", "czech_krb": "iso-8859-2", "czech_machac": "iso-8859-2", "czech_ph": "iso-8859-2",
+    "suo_fi_lj_diphone": "iso-8859-1", "hy_fi_mv_diphone": "iso-8859-1",
+    "msu_ru_nsh_clunits": "utf-8",
+}
+# Typographic punctuation that the 8-bit encodings lack; festival reads the ASCII forms the same.
+_ASCII_PUNCTUATION = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201c": '"', "\u201d": '"',
+                                    "\u201e": '"', "\u00ab": '"', "\u00bb": '"', "\u2013": "-", "\u2014": "-",
+                                    "\u2026": "...", "\u00a0": " "})
+
+# The radio phone set of festival's US English voices is ARPAbet already; its silences become pau.
+_RADIO_PHONES = frozenset(
+    "aa ae ah ao aw ax axr ay b ch d dh dx eh el em en er ey f g hh hv ih iy jh k l m n nx ng ow oy p r s sh t th "
+    "uh uw v w y z zh".split()
+)
+_RADIO_SILENCES = frozenset({"pau", "h#", "brth", "#", "sil"})
+
+# Every other phone set, symbol -> IPA (from its defPhoneSet and the comments beside it; "" is
+# silence). The IPA then takes its ARPAbet class from _IPA_TO_ARPABET, the table espeak-ng uses,
+# so a sound gets the same viseme whichever engine spoke it.
+_CATALAN_VOWELS = {"ax": "ə", "a": "a", "e": "e", "E": "ɛ", "i": "i", "o": "o", "O": "ɔ", "u": "u"}
+_FINNISH_SHORT = {
+    "a": "ɑ", "e": "e", "i": "i", "o": "o", "u": "u", "y": "y", "@": "æ", "7": "ø",
+    "p": "p", "t": "t", "k": "k", "b": "b", "d": "d", "g": "ɡ", "f": "f", "T": "θ", "D": "ð", "s": "s", "S": "ʃ",
+    "z": "z", "Z": "ʒ", "h": "h", "v": "ʋ", "m": "m", "n": "n", "N": "ŋ", "l": "l", "L": "l", "r": "r",
+    "j": "j", "w": "w",
+}
+_FESTIVAL_PHONESETS: dict[str, dict[str, str]] = {
+    # festival-ca (upc_ca_ona_hts): Llisterri's SAMPA, "1" marks a stressed vowel. r is the tap,
+    # rr the trill; central Catalan has no /v/ and writes its affricates as two phones (d Z, t S).
+    "upc_catalan-central": {
+        **_CATALAN_VOWELS, **{f"{k}1": v for k, v in _CATALAN_VOWELS.items() if k != "ax"},
+        "j": "j", "w": "w", "b": "b", "d": "d", "g": "ɡ", "p": "p", "t": "t", "k": "k", "f": "f", "s": "s",
+        "z": "z", "S": "ʃ", "Z": "ʒ", "m": "m", "n": "n", "J": "ɲ", "l": "l", "L": "ʎ", "r": "ɾ", "rr": "r",
+        "pau": "", "_": "", "#": "",
+    },
+    # festival-czech (czech_dita/krb/machac/ph): "~" marks the háček letters, ":" length; "_" is
+    # the glottal stroke before a word-initial vowel, "n*" the n before k/g, r~ / r~* the voiced /
+    # voiceless ř.
+    "czech": {
+        "a": "a", "a:": "aː", "e": "ɛ", "e:": "ɛː", "i": "ɪ", "i:": "iː", "o": "o", "o:": "oː", "u": "u", "u:": "uː",
+        "b": "b", "c": "ts", "c~": "tʃ", "ch": "x", "d": "d", "d~": "ɟ", "dz": "dz", "dz~": "dʒ", "f": "f", "g": "ɡ",
+        "h": "ɦ", "j": "j", "k": "k", "l": "l", "m": "m", "n": "n", "n*": "ŋ", "n~": "ɲ", "p": "p", "r": "r",
+        "r~": "r̝", "r~*": "r̝̊", "s": "s", "s~": "ʃ", "t": "t", "t~": "c", "v": "v", "z": "z", "z~": "ʒ",
+        "_": "ʔ", "#": "",
+    },
+    # suopuhe (suo_fi_lj / hy_fi_mv): Worldbet-like, @ = ä, 7 = ö, & = schwa, ":" long or geminate.
+    "finnish": {
+        **_FINNISH_SHORT, **{f"{k}:": f"{v}ː" for k, v in _FINNISH_SHORT.items()},
+        "&": "ə", "#": "", "##": "",
+    },
+    # msu_ru (msu_ru_nsh_clunits): doubled letters are the palatalised consonants; ii..aa the
+    # stressed vowels, a e i y u the first degree of reduction, ae ay ur the second.
+    "msu_ru": {
+        "ii": "i", "yy": "ɨ", "uu": "u", "ee": "e", "oo": "o", "aa": "a",
+        "a": "ɐ", "e": "ɪ", "i": "ɪ", "y": "ɨ", "u": "ʊ", "ae": "ə", "ay": "ɪ", "ur": "ʊ",
+        **{c: c for c in ("p", "b", "t", "d", "k", "f", "v", "s", "z", "m", "n", "l", "r")},
+        **{c + c: c + "ʲ" for c in ("p", "b", "t", "d", "k", "g", "f", "v", "s", "z", "m", "n", "l", "r")},
+        "g": "ɡ", "c": "ts", "ch": "tɕ", "sh": "ʂ", "sch": "ɕː", "zh": "ʐ", "h": "x", "hh": "xʲ", "j": "j",
+        "pau": "",
+    },
+}
+
+
+def _festival_symbol(phoneset: str, symbol: str, voice: str) -> str:
+    """One festival Segment name -> lower-case ARPAbet ('pau' for silence); unknown ones raise."""
+    if phoneset == "radio":
+        if symbol in _RADIO_SILENCES:
+            return "pau"
+        if symbol in _RADIO_PHONES:
+            return symbol
+    elif phoneset in _FESTIVAL_PHONESETS:
+        ipa = _FESTIVAL_PHONESETS[phoneset].get(symbol)
+        if ipa is not None:
+            arpabet = _ipa_to_arpabet(ipa)
+            if arpabet is not None:
+                return arpabet
+    else:
+        raise TTSError(f"{voice}: phone set {phoneset!r} has no ARPAbet map; add it to _FESTIVAL_PHONESETS")
+    raise TTSError(f"{voice}: phone {symbol!r} of phone set {phoneset!r} has no ARPAbet class")
+
+
+def festival_encode(text: str, name: str) -> bytes:
+    """``text`` in the encoding festival voice ``name`` reads; ValueError if it has letters that cannot be."""
+    coding = _FESTIVAL_CODINGS.get(name, "utf-8")
+    text = unicodedata.normalize("NFC", text).translate(_ASCII_PUNCTUATION)
+    try:
+        return text.encode(coding)
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise ValueError(f"festival:{name} reads {coding}, which has no {bad!r}") from None
 
 
 def _festival(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
     if not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise ValueError(f"bad festival voice name {name!r}")
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    voice = f"festival:{name}"
     with tempfile.TemporaryDirectory(prefix="emolive-tts-") as tmp:
         wav = Path(tmp) / "out.wav"
         script = Path(tmp) / "say.scm"
-        script.write_text(_FESTIVAL_SCRIPT.format(voice=name, text=escaped, wav=wav), encoding="utf-8")
-        proc = _run(["festival", "-b", str(script)], f"festival:{name}")
+        script.write_bytes(festival_encode(_FESTIVAL_SCRIPT.format(voice=name, text=escaped, wav=wav), name))
+        proc = _run(["festival", "-b", str(script)], voice)
         if not wav.exists():
             # festival -b reports a missing voice on stderr and still exits 0
-            raise TTSError(f"festival:{name}: no audio written: {proc.stderr.strip()[:300]}")
-        audio, sr = _read_wav(wav, f"festival:{name}")
+            raise TTSError(f"{voice}: no audio written: {proc.stderr.strip()[:300]}")
+        audio, sr = _read_wav(wav, voice)
+    # The stdout is in the voice's encoding too; phone names and the set's name are ASCII.
+    found = re.search(r"^PHONESET (\S+)$", proc.stdout, flags=re.M)
+    if not found:
+        raise TTSError(f"{voice}: festival did not report its phone set: {proc.stderr.strip()[:300]}")
     raw: list[tuple[str, float, float]] = []
     start = 0.0
     for symbol, end_s in re.findall(r"^SEG (\S+) ([0-9.]+)$", proc.stdout, flags=re.M):
         end = float(end_s)
-        # The radio phone set festival's US voices use is ARPAbet already.
-        raw.append(("pau" if symbol in ("#", "h#", "sil") else symbol.lower(), start, end))
+        raw.append((_festival_symbol(found.group(1), symbol, voice), start, end))
         start = end
     return audio, sr, raw
 
