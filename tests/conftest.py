@@ -103,9 +103,10 @@ def speech_espeak(work_dir: Path) -> Speech:
 
 @pytest.fixture(scope="session")
 def silence_wav(work_dir: Path) -> Path:
-    """3 s of digital silence, 16 kHz 16-bit."""
+    """6 s of digital silence, 16 kHz 16-bit: at 10–30 blinks a minute, 1–3 blinks for the
+    render tests to see (3 s could hold none)."""
     path = work_dir / "silence.wav"
-    sf.write(path, np.zeros(3 * 16000, np.int16), 16000, subtype="PCM_16")
+    sf.write(path, np.zeros(6 * 16000, np.int16), 16000, subtype="PCM_16")
     return path
 
 

@@ -117,7 +117,7 @@ def test_lip_sync_espeak_en_us(track_espeak: VideoTrack, speech_espeak: Speech, 
 
 def test_silence_keeps_the_mouth_closed(track_silence: VideoTrack, rest_reading, record_property) -> None:
     assert rest_reading["found"]
-    assert track_silence.n_frames == 75
+    assert track_silence.n_frames == 150
     threshold = rest_reading["mouth_gap"] + CLOSED_MARGIN
     gap = track_silence.mouth_gap
     closed = np.where(np.isnan(gap), False, gap <= threshold)
