@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
 
 from conftest import PORTRAIT, Speech, check_ok, run_emolive
-from engine.motion_space import BLENDSHAPES, CHANNELS, HEAD_LIMITS, HEAD_POSE
+from engine.motion_space import CHANNELS, HEAD_LIMITS, HEAD_POSE
 
 FRAME_S = 0.04  # one row / frame per 40 ms at the default 25 fps
 
