@@ -34,8 +34,8 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
                        help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for every interface, as in Docker)")
     serve.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="compute threads shared by all sessions for motion and rendering (default: 2). "
-                            "This is not a count of server processes: sessions live in one process.")
+                       help="compute threads shared by all sessions for motion (and rendering, with "
+                            "--render-processes 0; default: 2). Sessions live in one server process.")
     serve.add_argument("--render-processes", type=int, default=None, metavar="N",
                        help="processes that render and VP8-encode every session's frames, so that this work "
                             "does not contend with the server's event loop for one Python interpreter "

@@ -26,7 +26,7 @@ def default_data_dir() -> Path:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
-    # Threads that run the engine (motion + render) for all sessions together.
+    # Threads that run the engine's motion (and renders, without render processes) for all sessions.
     workers: int = 2
     # Processes that render and encode every session's frames, off the server's interpreter
     # (engine.render_workers); 0 renders in the worker threads instead.
