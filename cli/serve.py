@@ -18,7 +18,7 @@ API docs are at /docs, Prometheus metrics at /metrics, health at /healthz. The W
 protocol is described in server/PROTOCOL.md.
 
 Every option can also be set by an environment variable (the flag wins): EMOLIVE_HOST,
-EMOLIVE_PORT, EMOLIVE_WORKERS, EMOLIVE_MAX_SESSIONS, EMOLIVE_ICE_LOOPBACK=1,
+EMOLIVE_PORT, EMOLIVE_WORKERS, EMOLIVE_RENDER_PROCESSES, EMOLIVE_MAX_SESSIONS, EMOLIVE_ICE_LOOPBACK=1,
 EMOLIVE_DATA_DIR, EMOLIVE_ICE_SERVERS (comma-separated stun:/turn: URLs),
 EMOLIVE_MOTION, EMOLIVE_MOTION_BACKEND, EMOLIVE_MOTION_BATCHING=0|1,
 EMOLIVE_MOTION_BATCH_WINDOW_MS, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S.
@@ -64,13 +64,19 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     return serve
 
 
+def check_render_processes(count: int) -> None:
+    """``--render-processes`` of ``emolive serve`` and of the benches that stand in for it."""
+    if not 0 <= count <= 64:
+        raise BadInputError(f"--render-processes must be between 0 and 64, got {count}")
+
+
 def _check(args: argparse.Namespace) -> None:
     if args.port is not None and not 0 <= args.port <= 65535:
         raise BadInputError(f"--port must be between 0 and 65535, got {args.port}")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise BadInputError(f"--workers must be between 1 and 64, got {args.workers}")
-    if args.render_processes is not None and not 0 <= args.render_processes <= 64:
-        raise BadInputError(f"--render-processes must be between 0 and 64, got {args.render_processes}")
+    if args.render_processes is not None:
+        check_render_processes(args.render_processes)
     if args.max_sessions is not None and not 1 <= args.max_sessions <= 1000:
         raise BadInputError(f"--max-sessions must be between 1 and 1000, got {args.max_sessions}")
 

@@ -850,12 +850,12 @@ def _one_run(args, n: int, turns, rig) -> RunResult:
 def bench_stream(args: argparse.Namespace) -> None:
     from rich.table import Table
 
+    from cli.serve import check_render_processes
     from engine.errors import BadInputError
 
     if args.sessions < 1:
         raise BadInputError(f"--sessions must be at least 1, got {args.sessions}")
-    if not 0 <= args.render_processes <= 64:
-        raise BadInputError(f"--render-processes must be between 0 and 64, got {args.render_processes}")
+    check_render_processes(args.render_processes)
     if not 64 <= args.size <= 1024 or args.size % 2:
         raise BadInputError(f"--size must be an even number between 64 and 1024, got {args.size}")
     if args.seconds < 5:
@@ -1001,12 +1001,12 @@ async def _soak(rig, minutes: float, turns, seed: int, motion: str, render_proce
 def bench_soak(args: argparse.Namespace) -> None:
     from rich.table import Table
 
+    from cli.serve import check_render_processes
     from engine.errors import BadInputError
 
     if not args.minutes > 0:
         raise BadInputError(f"--minutes must be positive, got {args.minutes}")
-    if not 0 <= args.render_processes <= 64:
-        raise BadInputError(f"--render-processes must be between 0 and 64, got {args.render_processes}")
+    check_render_processes(args.render_processes)
     console = _console()
     turns, source = speech_turns()
     rig = _prepare_rig(args.size)

@@ -27,10 +27,9 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from engine.motion_space import FPS
 from engine.render import Renderer
 from engine.rig import Rig
-from engine.video import VIDEO_CLOCK, Vp8Encoder
+from engine.video import Vp8Encoder, video_pts
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class FrameRenderer:
             return RenderedFrame(image)
         if self._encoder is None:
             self._encoder = Vp8Encoder()
-        encoded = self._encoder.encode(image, index * VIDEO_CLOCK // FPS, video.bitrate, video.keyframe)
+        encoded = self._encoder.encode(image, video_pts(index), video.bitrate, video.keyframe)
         if encoded is None:
             return RenderedFrame(image)
         return RenderedFrame(image, *encoded)
@@ -85,9 +84,8 @@ class RenderWorkers:
 
     ``processes`` are spawned at once and the pool is ready when they are (each imports
     OpenCV and the renderer, ~1.5 s; as with any spawned process, a script that makes a pool
-    needs ``if __name__ == "__main__"``). A
-    session's :meth:`stream` goes to the worker with the fewest streams and talks to it over a
-    pipe of its own, so that its replies can be read by whichever thread or event loop waits
+    needs ``if __name__ == "__main__"``). A session's :meth:`stream` goes to the worker with
+    the fewest streams and talks to it over a pipe of its own, so that its replies can be read by whichever thread or event loop waits
     for them. A worker that dies fails its streams' frames (their sessions stop with that
     error) and is replaced for the streams that come after.
     """
@@ -155,7 +153,7 @@ class WorkerFrameRenderer:
     def render(self, motion: np.ndarray, index: int, video: VideoRequest | None) -> RenderedFrame:
         self._open()
         self._send("render", motion, index, video)
-        return self._reply()
+        return self._rendered(self._reply())
 
     async def render_async(self, motion: np.ndarray, index: int, video: VideoRequest | None) -> RenderedFrame:
         if self._rig is not None:
@@ -169,7 +167,7 @@ class WorkerFrameRenderer:
             await readable
         finally:
             loop.remove_reader(fd)
-        return self._reply()  # the worker writes a reply at once: this read does not wait
+        return self._rendered(self._reply())  # the worker writes a reply at once: this read does not wait
 
     def close(self) -> None:
         """Release the worker's stream and the shared picture; idempotent, and it does not wait
@@ -198,16 +196,19 @@ class WorkerFrameRenderer:
         except OSError:
             raise self._exited() from None
 
-    def _reply(self) -> RenderedFrame:
+    def _reply(self) -> object:
+        """The worker's result for the last request, or its error raised here."""
         try:
             result, error = self._connection.recv()
         except (EOFError, OSError):
             raise self._exited() from None
         if error is not None:
             raise RuntimeError(f"render worker: {error}")
-        if result is None:
-            return RenderedFrame(self._image)  # the reply to "open"
-        packet, keyframe = result
+        return result
+
+    def _rendered(self, result: object) -> RenderedFrame:
+        """A render's reply: the picture is copied out of the shared memory the next frame reuses."""
+        packet, keyframe = result  # type: ignore[misc]
         return RenderedFrame(self._image.copy(), packet, keyframe)
 
     def _exited(self) -> RuntimeError:

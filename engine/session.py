@@ -33,9 +33,11 @@ bookkeeping stays on the event loop thread, so nothing needs a lock. With a shar
 :class:`~engine.motion.batching.MotionBatcher` (diffusion models only), the model step goes to
 the batcher instead, batched with the other sessions' steps of the same tick (their clocks
 share its 25 fps grid), and only the render runs in the executor. With shared
-:class:`~engine.render_workers.RenderWorkers`, the executor job hands the render to a worker
-process and waits for it. While :meth:`Session.encode_video` is on, each rendered frame is also
-encoded as VP8 (in the same job) and carries its packet: a WebRTC track only sends it.
+:class:`~engine.render_workers.RenderWorkers`, the render goes to a worker process instead: the
+loop sends the motion row and reads the reply itself (a thread in between would wait twice for
+the interpreter lock), and the executor only steps a model the batcher does not. While
+:meth:`Session.encode_video` is on, each rendered frame is also encoded as VP8 where it is
+rendered and carries its packet: a WebRTC track only sends it.
 """
 
 from __future__ import annotations

@@ -25,12 +25,15 @@ import cv2
 import numpy as np
 import soxr
 
+from engine.motion_space import FPS
+
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _AUDIO_CHUNK = 1024  # AAC frame size
 _QUEUED_FRAMES = 8  # bounds memory when rendering outruns encoding
 _END = None
 
 VIDEO_CLOCK = 90_000  # RTP's video clock: VP8 packets carry pts in these ticks
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
 # aiortc's start bitrate and floor; its 1.5 Mbps ceiling buys +0.4 dB PSNR over 1 Mbps on
 # 512² renders for 1.5x the packets, and every packet costs the server's event loop.
 VP8_START_BITRATE = 500_000
@@ -46,6 +49,11 @@ def yuv420p_frame(image: np.ndarray) -> av.VideoFrame:
     """RGB uint8 (h, w, 3), even sides -> a yuv420p frame (OpenCV's BT.601 conversion is
     several times faster than swscale's here)."""
     return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+
+
+def video_pts(index: int) -> int:
+    """The pts of a session's frame ``index`` on the 90 kHz video clock."""
+    return index * (VIDEO_CLOCK // FPS)
 
 
 def clamp_vp8_bitrate(bps: int) -> int:
@@ -65,7 +73,7 @@ class Vp8Encoder:
         ``bitrate`` clamped to the VP8_MIN/MAX range, ``keyframe`` forces an intra frame."""
         frame = yuv420p_frame(image)
         frame.pts = pts
-        frame.time_base = Fraction(1, VIDEO_CLOCK)
+        frame.time_base = VIDEO_TIME_BASE
         codec = self._codec
         bitrate = clamp_vp8_bitrate(bitrate)
         if codec is None or (codec.width, codec.height) != (frame.width, frame.height) or (
@@ -83,7 +91,7 @@ def _vp8_codec(width: int, height: int, bitrate: int) -> av.CodecContext:
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
-    codec.time_base = Fraction(1, VIDEO_CLOCK)
+    codec.time_base = VIDEO_TIME_BASE
     codec.bit_rate = bitrate
     codec.gop_size = 3000  # keyframes on request (PLI/FIR) and on rebuilds, as aiortc
     codec.qmin, codec.qmax = 2, 56

@@ -22,7 +22,6 @@ else in aioice changes, and without the setting nothing is patched.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import time
 from typing import Any
@@ -38,14 +37,13 @@ from aiortc.stats import RTCTransportStats
 
 from server.config import Settings
 from server.errors import ApiError
-from engine.video import VIDEO_CLOCK, VP8_START_BITRATE, yuv420p_frame
+from engine.video import VIDEO_TIME_BASE, VP8_START_BITRATE, video_pts, yuv420p_frame
 from server.media import AUDIO_RATE, AUDIO_TIME_BASE, OPUS_FRAME, OpusEncoder
 from server.metrics import Metrics
 from server.sessions import LiveSession
 
 log = logging.getLogger("emolive.server")
 
-VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_CHUNK = OPUS_FRAME  # 20 ms at 48 kHz
 VP8 = "video/vp8"
 OPUS = "audio/opus"
@@ -164,7 +162,7 @@ class SessionVideoTrack(MediaStreamTrack):
             if self.codec == VP8:
                 self.request_keyframe()
         frame = await self._queue.get()
-        pts = frame.index * (VIDEO_CLOCK // 25)
+        pts = video_pts(frame.index)
         if self.codec == VP8:
             packet = av.Packet(frame.packet)
             packet.pts = pts
