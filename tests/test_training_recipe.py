@@ -120,6 +120,54 @@ def test_corpus_plan_holds_out_voices_and_a_language() -> None:
     assert all(any("а" <= c <= "я" for c in t.lower()) for t in russian)
 
 
+def test_training_windows_label_every_mel_frame_with_its_phone() -> None:
+    from engine.audio import MELS_PER_FRAME, N_MELS
+    from engine.motion.dit import DiTConfig
+    from training.corpus import Corpus
+    from training.dataset import WindowSampler
+    from training.visemes import PHONE_CLASSES
+
+    phones = [Phone("pau", 0.0, 0.2), Phone("m", 0.2, 0.33), Phone("aa", 0.33, 0.61), Phone("sil", 0.61, 0.8)]
+    n = 20  # video frames: 0.8 s
+    corpus = Corpus(np.zeros((n, MELS_PER_FRAME, N_MELS), np.float16), np.zeros((n, NUM_CHANNELS), np.float32),
+                    np.array([n]), np.zeros((1, 3), np.float32), np.array(["v"]), np.array(["t"]), np.array(["g"]),
+                    [phones])
+    cfg = DiTConfig(past_frames=8, audio_past=8, audio_hidden=16, d_model=32, depth=1, heads=2)
+    sampler = WindowSampler(corpus, cfg, np.zeros(NUM_CHANNELS), np.ones(NUM_CHANNELS), seed=3)
+
+    def label(mel_frame: int) -> int:  # the phone at the 10 ms frame's centre; silence outside the clip
+        t = (mel_frame + 0.5) / 100
+        symbol = next((p.symbol for p in phones if p.start <= t < p.end), "sil")
+        return PHONE_CLASSES.index("sil" if symbol == "pau" else symbol)
+
+    for start in sampler.starts:  # every hop a window can start at
+        frames = start - sampler.starts[0] + sampler.audio_offsets
+        mel = (frames[:, None] * MELS_PER_FRAME + np.arange(MELS_PER_FRAME)).reshape(-1)
+        assert sampler.phones[start + sampler.audio_offsets].reshape(-1).tolist() == [label(k) for k in mel]
+    assert (sampler.phones == PHONE_CLASSES.index("m")).sum() == 13  # 0.20-0.33 s
+
+    batch = sampler.sample(64, hop1_share=0.5)
+    assert batch.phones.shape == (64, cfg.audio_frames, MELS_PER_FRAME)
+    assert batch.missing.any()
+    assert (batch.phones[batch.missing] == -1).all()  # audio a stream has not received yet: no label
+    assert (batch.phones[~batch.missing] >= 0).all()
+
+
+def test_phone_classes_are_the_same_in_every_interpreter() -> None:
+    """The phone classes index the training labels: their order must not follow string hashing."""
+    import os
+    import subprocess
+    import sys
+
+    orders = {
+        subprocess.run([sys.executable, "-c", "from training.visemes import PHONE_CLASSES; print(PHONE_CLASSES)"],
+                       capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed},
+                       ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(orders) == 1
+
+
 def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
     _need("flite:slt")
     from engine.audio import log_mel, video_frame_features
@@ -132,6 +180,7 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
     tr = metrics["training"]
     assert tr["teacher_loss_last"] < 0.8 * tr["teacher_loss_first"]
     assert tr["student_loss_last"] < tr["student_loss_first"]
+    assert tr["teacher_phone_loss_last"] < 0.8 * tr["teacher_phone_loss_first"]  # the encoder learns phones
     for kind in ("teacher", "student"):
         path = tmp_path / "weights" / f"{kind}.safetensors"
         assert 0 < path.stat().st_size <= 20 * 1024 * 1024
@@ -148,9 +197,11 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
 
     for kind in ("teacher", "student"):
         calibration = metrics["seal_calibration"][kind]
-        assert [row[0] for row in calibration["table"]] == list(SEAL_BIASES)
-        recalls = [row[1] for row in calibration["table"]]
-        assert recalls[-1] >= recalls[0]  # a larger seal bias never closes fewer bilabials
+        table = calibration["table"]
+        assert [row[0] for row in table] == list(SEAL_BIASES[: len(table)])
+        assert table[-1][1] >= table[0][1]  # a larger seal bias never closes fewer bilabials
+        if len(table) < len(SEAL_BIASES):  # the search stopped: good enough, or too many false closures
+            assert table[-1][1] >= 0.9 or table[-1][2] > 0.03
         model = DiffusionMotion.from_file(tmp_path / "weights" / f"{kind}.safetensors")
         assert model.seal_bias == calibration["bias"]
 

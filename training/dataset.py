@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.audio import SILENCE_FEATURE
+from engine.audio import MELS_PER_FRAME, SILENCE_FEATURE
 from engine.motion.diffusion import BLINK_INDEX, blink_clock, frames_since_blink_onset
 from engine.motion.dit import DiTConfig
 from training.corpus import Corpus
+from training.visemes import phone_classes
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Batch:
     controls: torch.Tensor  # (B, 4): head_motion, speed, expressiveness, blink clock
     missing: torch.Tensor  # (B, A) bool
     hop_len: torch.Tensor  # (B,) 1 or 2
+    phones: torch.Tensor | None = None  # (B, A, 4) PHONE_CLASSES index per mel frame, -1 where audio is missing
 
 
 class WindowSampler:
@@ -37,7 +39,7 @@ class WindowSampler:
         self.cfg = cfg
         pre = max(cfg.past_frames, cfg.audio_past)
         post = cfg.hop_frames + cfg.lookahead
-        feats, targs, starts, clip_of, clocks = [], [], [], [], []
+        feats, targs, starts, clip_of, clocks, labels = [], [], [], [], [], []
         pos = 0
         rest = ((0.0 - mean) / std).astype(np.float32)
         offsets = corpus.offsets
@@ -46,6 +48,9 @@ class WindowSampler:
             feats.append(np.full((pre, 4, 80), SILENCE_FEATURE, np.float16))
             feats.append(corpus.features[a:b])
             feats.append(np.full((post, 4, 80), SILENCE_FEATURE, np.float16))
+            labels.append(np.zeros((pre, MELS_PER_FRAME), np.int16))
+            labels.append(phone_classes(corpus.phones[i], int(n) * MELS_PER_FRAME).reshape(int(n), MELS_PER_FRAME))
+            labels.append(np.zeros((post, MELS_PER_FRAME), np.int16))
             t = ((corpus.targets[a:b] - mean) / std).astype(np.float32)
             targs.append(np.tile(rest, (pre, 1)))
             targs.append(t)
@@ -58,6 +63,7 @@ class WindowSampler:
             clip_of.append(np.full(n_starts, i))
             pos += pre + int(n) + post
         self.features = np.concatenate(feats)
+        self.phones = np.concatenate(labels)
         self.targets = np.concatenate(targs)
         self.clock = np.concatenate(clocks)
         self.starts = np.concatenate(starts)
@@ -83,10 +89,12 @@ class WindowSampler:
         missing = np.zeros((batch, cfg.audio_frames), bool)
         missing[hop1, -1] = True
         audio[hop1, -1] = SILENCE_FEATURE
+        phones = self.phones[t[:, None] + self.audio_offsets].astype(np.int64)
+        phones[missing] = -1
         return Batch(
             torch.from_numpy(audio), torch.from_numpy(past), torch.from_numpy(target),
             torch.from_numpy(controls), torch.from_numpy(missing),
-            torch.from_numpy(np.where(hop1, 1, cfg.hop_frames)),
+            torch.from_numpy(np.where(hop1, 1, cfg.hop_frames)), torch.from_numpy(phones),
         )
 
 

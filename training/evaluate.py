@@ -143,10 +143,14 @@ def calibrate_seal_bias(model: DiffusionMotion, clips: Sequence[tuple[np.ndarray
     short extra one rarely seen. The smallest bias whose closure recall on ``clips`` (voices
     seen in training, unseen sentences) reaches ``min_recall`` while at most ``max_false`` of
     clearly open frames close; failing that, the bias with the best recall within ``max_false``.
+    A larger bias only closes more (bilabials and open frames alike), so the search stops at the
+    first bias that is good enough or that closes too many open frames.
     """
     features = [video_frame_features(log_mel(audio)) for audio, _, _ in clips]
-    table = []
+    table: list[tuple[float, float, float]] = []
     for bias in SEAL_BIASES:
+        if table and (table[-1][2] > max_false or table[-1][1] >= min_recall):
+            break
         model.seal_bias = bias
         hits = total = 0
         false = []

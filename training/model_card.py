@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from training.train import LIP_WEIGHT, SEAL_WEIGHT
+
 
 def write_model_card(metrics: dict, path: Path) -> None:
     c = metrics["corpus"]
@@ -53,6 +55,11 @@ def write_model_card(metrics: dict, path: Path) -> None:
         f"total {t['total_s'] / 60:.1f} min. Seed {metrics['seed']}.",
         f"- Teacher loss {tr['teacher_loss_first']:.3f} -> {tr['teacher_loss_last']:.3f}; "
         f"student 2-step error {tr['student_loss_first']:.4f} -> {tr['student_loss_last']:.4f}.",
+        "- The teacher's audio encoder also learns to recognise the phone of every 10 ms mel frame (a training-only "
+        f"linear readout, cross-entropy weight {tr['teacher'].get('phone_weight', 0.0)}"
+        + (f"; loss {tr['teacher_phone_loss_first']:.2f} -> {tr['teacher_phone_loss_last']:.2f}"
+           if tr.get("teacher_phone_loss_last") is not None else "") + f"); the lip seal (`mouthClose`) weighs "
+        f"{SEAL_WEIGHT:g}× a non-lip channel in the denoising loss (the other lip channels {LIP_WEIGHT:g}×).",
         "",
         "## Lip-seal calibration",
         "Sampling pins the lips' starting noise (every seed gives the same mouth); the seal channel (`mouthClose`) "

@@ -39,8 +39,8 @@ class RecipeConfig:
     n_train: int = 1600
     copies: int = 2
     eval_per_group: int = 12
-    model: DiTConfig = field(default_factory=lambda: DiTConfig(past_frames=12, audio_hidden=64))
-    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=256, context_noise=0.2))
+    model: DiTConfig = field(default_factory=lambda: DiTConfig(past_frames=12, audio_hidden=128))
+    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3200, batch=256, context_noise=0.2))
     student: DistillConfig = field(default_factory=lambda: DistillConfig(pairs=8192, steps=400, batch=192))
     teacher_steps: int = 24
     student_steps: int = 2
@@ -128,6 +128,8 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         "training": {"teacher": asdict(cfg.teacher), "student": asdict(cfg.student),
                      "teacher_loss_first": float(np.mean(teacher_hist.losses[:20])),
                      "teacher_loss_last": float(np.mean(teacher_hist.losses[-20:])),
+                     "teacher_phone_loss_first": _mean_or_none(teacher_hist.phone_losses[:20]),
+                     "teacher_phone_loss_last": _mean_or_none(teacher_hist.phone_losses[-20:]),
                      "student_loss_first": float(np.mean(student_hist.losses[:10])),
                      "student_loss_last": float(np.mean(student_hist.losses[-10:])),
                      "teacher_steps_run": teacher_hist.steps, "student_steps_run": student_hist.steps},
@@ -150,6 +152,10 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         write_model_card(metrics, SHIPPED_WEIGHTS / "MODEL_CARD.md")
         log(f"recipe: installed weights and model card in {SHIPPED_WEIGHTS}")
     return metrics
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, seed: int, log=print) -> dict:

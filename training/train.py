@@ -21,12 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from engine.audio import MELS_PER_FRAME
 from engine.motion.dit import DiTConfig, MotionDiT
 from engine.motion.sampler import time_grid
 from engine.motion_space import INDEX
 from training.dataset import Batch, WindowSampler
+from training.visemes import PHONE_CLASSES
 
 LIP_WEIGHT = 2.0
+# The lip seal (mouthClose) weighs more still: it is on in few frames, and a bilabial the lips
+# miss is the most visible lip-sync error.
+SEAL_WEIGHT = 6.0
 _LIPS = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthRollLower", "mouthRollUpper",
          "mouthPressLeft", "mouthPressRight", "mouthUpperUpLeft", "mouthUpperUpRight", "mouthLowerDownLeft",
          "mouthLowerDownRight", "mouthStretchLeft", "mouthStretchRight")
@@ -42,6 +47,7 @@ class TrainConfig:
     ema: float = 0.998
     context_noise: float = 0.08
     hop1_share: float = 0.2
+    phone_weight: float = 1.0  # weight of the audio encoder's phone-recognition loss (0: none)
     seed: int = 0
     time_limit_s: float | None = None
 
@@ -49,6 +55,7 @@ class TrainConfig:
 @dataclass
 class History:
     losses: list[float] = field(default_factory=list)
+    phone_losses: list[float] = field(default_factory=list)  # the teacher's phone recognition (PhoneHead)
     seconds: float = 0.0
     steps: int = 0
 
@@ -57,6 +64,7 @@ def channel_weights(channels: int) -> torch.Tensor:
     w = torch.ones(channels)
     for name in _LIPS:
         w[INDEX[name]] = LIP_WEIGHT
+    w[INDEX["mouthClose"]] = SEAL_WEIGHT
     return w / w.mean()
 
 
@@ -76,6 +84,24 @@ def _noisy_past(b: Batch, scale: float, gen: torch.Generator) -> torch.Tensor:
     return b.past + sigma * torch.randn(b.past.shape, generator=gen)
 
 
+class PhoneHead(torch.nn.Module):
+    """Training-only readout: the phone at each mel frame from the audio encoder's frame embedding.
+
+    Recognising phones is what the lips need from the audio, and a cross-entropy on labelled
+    phones is a far denser signal for the encoder than the denoising loss alone (where a
+    bilabial is a few noisy frames of one channel). Thrown away after training.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(d_model, MELS_PER_FRAME * len(PHONE_CLASSES))
+
+    def loss(self, audio_tokens: torch.Tensor, phones: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(audio_tokens).reshape(*phones.shape, len(PHONE_CLASSES))
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, len(PHONE_CLASSES)), phones.reshape(-1),
+                                                 ignore_index=-1)
+
+
 def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray, std: np.ndarray,
                   cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[MotionDiT, History]:
     torch.manual_seed(cfg.seed)
@@ -86,7 +112,9 @@ def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray
     ema = copy.deepcopy(model)
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    head = PhoneHead(model_cfg.d_model) if cfg.phone_weight > 0 else None
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     weights = channel_weights(model_cfg.channels)
     hist = History()
     start = time.perf_counter()
@@ -99,12 +127,19 @@ def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))
         x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        v = model(x_t, t, _noisy_past(b, cfg.context_noise, gen), b.audio, b.controls, b.missing)
+        audio_tokens = model.encode_audio(b.audio, b.missing)
+        fixed, parts = model.context(_noisy_past(b, cfg.context_noise, gen), audio_tokens, b.controls)
+        v = model.velocity(x_t, t, fixed, parts)
         mask = _hop_mask(b, model_cfg.hop_frames)
         err = ((v - (noise - x0)) ** 2 * weights * mask).sum() / (mask.sum() * model_cfg.channels)
+        loss = err
+        if head is not None:
+            phone_loss = head.loss(audio_tokens[:, model_cfg.past_frames - model_cfg.audio_past:], b.phones)
+            loss = err + cfg.phone_weight * phone_loss
+            hist.phone_losses.append(float(phone_loss.detach()))
         opt.zero_grad(set_to_none=True)
-        err.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -113,7 +148,8 @@ def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray
         hist.steps = step + 1
         if (step + 1) % 100 == 0 or step == 0:
             elapsed = time.perf_counter() - start
-            log(f"teacher step {step + 1}/{cfg.steps} loss {np.mean(hist.losses[-100:]):.4f} ({elapsed:.0f} s)")
+            phone = f" phone loss {np.mean(hist.phone_losses[-100:]):.3f}" if hist.phone_losses else ""
+            log(f"teacher step {step + 1}/{cfg.steps} loss {np.mean(hist.losses[-100:]):.4f}{phone} ({elapsed:.0f} s)")
         if cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s:
             log(f"teacher: time limit reached at step {step + 1}")
             break

@@ -16,7 +16,7 @@ import numpy as np
 
 from training.tts import Phone
 
-__all__ = ["OPENNESS", "BILABIALS", "SILENCES", "openness", "closure_intervals"]
+__all__ = ["OPENNESS", "BILABIALS", "SILENCES", "PHONE_CLASSES", "openness", "closure_intervals", "phone_classes"]
 
 BILABIALS = frozenset({"m", "b", "p", "em"})
 SILENCES = frozenset({"pau", "sil", "sp", "h#", "#"})
@@ -89,3 +89,24 @@ def closure_intervals(phones: Sequence[Phone], min_duration: float = 0.04) -> li
         else:
             runs.append((p.start, p.end))
     return [(s, e) for s, e in runs if e - s >= min_duration]
+
+
+# Every phone the corpus labels, silences as one class (index 0): the classes of the phone
+# recognition the teacher's audio encoder also learns (training.train). Sorted: OPENNESS is
+# partly built from sets, whose order changes with each interpreter's string hashing.
+PHONE_CLASSES: tuple[str, ...] = ("sil",) + tuple(sorted(s for s in OPENNESS if s not in SILENCES))
+_CLASS_INDEX = {s: (0 if s in SILENCES else PHONE_CLASSES.index(s)) for s in OPENNESS}
+
+
+def phone_classes(phones: Sequence[Phone], n_frames: int, rate_hz: float = 100.0) -> np.ndarray:
+    """(n_frames,) int16 index into :data:`PHONE_CLASSES` of the phone at each frame centre
+    (frames of ``1 / rate_hz`` s from t = 0; silence where no phone is)."""
+    out = np.zeros(n_frames, np.int16)
+    centres = (np.arange(n_frames) + 0.5) / rate_hz
+    for p in phones:
+        try:
+            index = _CLASS_INDEX[p.symbol]
+        except KeyError:
+            raise ValueError(f"phone_classes: unknown phone {p.symbol!r}") from None
+        out[(centres >= p.start) & (centres < p.end)] = index
+    return out
