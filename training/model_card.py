@@ -66,7 +66,8 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "starts at a calibrated bias instead of 0, so a bilabial closes when the model is fairly, not more than half, "
         "sure of it. Chosen on training voices saying unseen sentences (`training.corpus.calibration_jobs`), never "
         "on the held-out set: the smallest bias with closure recall ≥ 0.9 and ≤ 3 % of clearly open frames shut "
-        "(ground-truth openness ≥ 0.3), else the best recall within that 3 %.",
+        "(ground-truth openness ≥ 0.3), else the best recall within that 3 %; the bias is never below 0 (the model's "
+        "own sampling), so a model that already shuts more than 3 % keeps 0.",
         "",
         "| model | bias | closure recall | false closures |",
         "|---|---:|---:|---:|",

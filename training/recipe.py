@@ -2,7 +2,7 @@
 
 ``emolive train`` (or ``python -m training.recipe``) runs it. Two scales:
 
-- ``full``: the shipped model (about 45-60 minutes on 2 CPU cores);
+- ``full``: the shipped model (about 65 minutes on 2 CPU cores);
 - ``smoke``: the same code on a toy corpus in well under 2 minutes (the test suite runs it).
 
 Everything is seeded from ``--seed``; torch runs on one thread, so the same seed gives the same

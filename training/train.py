@@ -2,7 +2,8 @@
 
 Teacher: the velocity ``v = noise - x_0`` of straight paths ``x_t = (1 - t) x_0 + t noise`` is
 regressed (logit-normal t), with the past-motion context slightly noised (so the model tolerates
-its own imperfect history at run time) and the lip channels weighted up. Sampling: 24 Euler steps.
+its own imperfect history at run time) and the lip channels weighted up; alongside, the audio
+encoder learns to name the phone of every mel frame (:class:`PhoneHead`). Sampling: 24 Euler steps.
 
 Student: starts as a copy of the teacher and is trained on (noise, teacher sample) pairs drawn
 for real training windows: the reflow loss on the straight line between each pair, plus the
