@@ -142,9 +142,10 @@ def calibrate_seal_bias(model: DiffusionMotion, clips: Sequence[tuple[np.ndarray
     half sure of a bilabial; a missed closure on m/b/p is the most visible lip-sync error, a
     short extra one rarely seen. The smallest bias whose closure recall on ``clips`` (voices
     seen in training, unseen sentences) reaches ``min_recall`` while at most ``max_false`` of
-    clearly open frames close; failing that, the bias with the best recall within ``max_false``, or
-    0 (the model's own sampling) when even that shuts more than ``max_false``. A larger bias only closes more (bilabials and open frames alike), so the search stops at the
-    first bias that is good enough or that closes too many open frames.
+    clearly open frames close; failing that, the bias with the best recall within ``max_false``,
+    or 0 (the model's own sampling) when even that shuts more than ``max_false``. A larger bias
+    only closes more (bilabials and open frames alike), so the search stops at the first bias
+    that is good enough or that closes too many open frames.
     """
     features = [video_frame_features(log_mel(audio)) for audio, _, _ in clips]
     table: list[tuple[float, float, float]] = []

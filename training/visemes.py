@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine.audio import HOP, SAMPLE_RATE
 from training.tts import Phone
 
 __all__ = ["OPENNESS", "BILABIALS", "SILENCES", "PHONE_CLASSES", "openness", "closure_intervals", "phone_classes"]
@@ -98,9 +99,9 @@ PHONE_CLASSES: tuple[str, ...] = ("sil",) + tuple(sorted(s for s in OPENNESS if 
 _CLASS_INDEX = {s: (0 if s in SILENCES else PHONE_CLASSES.index(s)) for s in OPENNESS}
 
 
-def phone_classes(phones: Sequence[Phone], n_frames: int, rate_hz: float = 100.0) -> np.ndarray:
+def phone_classes(phones: Sequence[Phone], n_frames: int, rate_hz: float = SAMPLE_RATE / HOP) -> np.ndarray:
     """(n_frames,) int16 index into :data:`PHONE_CLASSES` of the phone at each frame centre
-    (frames of ``1 / rate_hz`` s from t = 0; silence where no phone is)."""
+    (frames of ``1 / rate_hz`` s from t = 0, by default the mel frames; silence where no phone is)."""
     out = np.zeros(n_frames, np.int16)
     centres = (np.arange(n_frames) + 0.5) / rate_hz
     for p in phones:
