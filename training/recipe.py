@@ -52,7 +52,7 @@ class RecipeConfig:
 SCALES = {
     "full": RecipeConfig,
     "smoke": lambda: RecipeConfig(
-        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0, calibration_per_voice=1,
+        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0, calibration_per_voice=1, teacher_steps=8,
         model=DiTConfig(past_frames=8, audio_hidden=32, d_model=64, depth=2, heads=2),
         teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
         student=DistillConfig(pairs=512, pair_batch=256, steps=30, batch=64, warmup=5),
@@ -140,7 +140,8 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
     log(metrics["table"])
     log(f"recipe: done in {timings['total_s'] / 60:.1f} min "
         f"(corpus {timings['corpus_s'] / 60:.1f}, teacher {timings['teacher_s'] / 60:.1f}, "
-        f"student {timings['student_s'] / 60:.1f}, eval {timings['eval_s'] / 60:.1f})")
+        f"student {timings['student_s'] / 60:.1f}, seal calibration {timings['calibration_s'] / 60:.1f}, "
+        f"eval {timings['eval_s'] / 60:.1f})")
     if install:
         SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
         for name in ("teacher.safetensors", "student.safetensors"):
