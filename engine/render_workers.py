@@ -85,9 +85,10 @@ class RenderWorkers:
     ``processes`` are spawned at once and the pool is ready when they are (each imports
     OpenCV and the renderer, ~1.5 s; as with any spawned process, a script that makes a pool
     needs ``if __name__ == "__main__"``). A session's :meth:`stream` goes to the worker with
-    the fewest streams and talks to it over a pipe of its own, so that its replies can be read by whichever thread or event loop waits
-    for them. A worker that dies fails its streams' frames (their sessions stop with that
-    error) and is replaced for the streams that come after.
+    the fewest streams and talks to it over a pipe of its own, so that its replies can be read
+    by whichever thread or event loop waits for them. A worker that dies fails its streams'
+    frames (their sessions stop with that error) and is replaced for the streams that come
+    after.
     """
 
     def __init__(self, processes: int) -> None:
