@@ -55,11 +55,9 @@ def write_model_card(metrics: dict, path: Path) -> None:
         f"total {t['total_s'] / 60:.1f} min. Seed {metrics['seed']}.",
         f"- Teacher loss {tr['teacher_loss_first']:.3f} -> {tr['teacher_loss_last']:.3f}; "
         f"student 2-step error {tr['student_loss_first']:.4f} -> {tr['student_loss_last']:.4f}.",
-        "- The teacher's audio encoder also learns to recognise the phone of every 10 ms mel frame (a training-only "
-        f"linear readout, cross-entropy weight {tr['teacher'].get('phone_weight', 0.0)}"
-        + (f"; loss {tr['teacher_phone_loss_first']:.2f} -> {tr['teacher_phone_loss_last']:.2f}"
-           if tr.get("teacher_phone_loss_last") is not None else "") + f"); the lip seal (`mouthClose`) weighs "
-        f"{SEAL_WEIGHT:g}× a non-lip channel in the denoising loss (the other lip channels {LIP_WEIGHT:g}×).",
+        *_phone_loss_lines(tr),
+        f"- The lip seal (`mouthClose`) weighs {SEAL_WEIGHT:g}× a non-lip channel in the denoising loss (the other "
+        f"lip channels {LIP_WEIGHT:g}×).",
         "",
         "## Lip-seal calibration",
         "Sampling pins the lips' starting noise (every seed gives the same mouth); the seal channel (`mouthClose`) "
@@ -92,6 +90,18 @@ def write_model_card(metrics: dict, path: Path) -> None:
         *_unmet_targets(metrics),
     ]
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _phone_loss_lines(training: dict) -> list[str]:
+    """The teacher's phone-recognition loss (training.train.PhoneHead), when it had one."""
+    weight = training["teacher"].get("phone_weight", 0.0)
+    if not weight:
+        return []
+    curve = ""
+    if training.get("teacher_phone_loss_last") is not None:
+        curve = f"; loss {training['teacher_phone_loss_first']:.2f} -> {training['teacher_phone_loss_last']:.2f}"
+    return ["- The teacher's audio encoder also learns to recognise the phone of every 10 ms mel frame (a "
+            f"training-only linear readout, cross-entropy weight {weight:g}{curve})."]
 
 
 def _unmet_targets(metrics: dict) -> list[str]:
