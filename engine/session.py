@@ -116,10 +116,15 @@ class SessionOptions:
     render_video: bool = True
     realtime: bool = True  # False: frames as fast as the consumer takes them (tests, offline)
     max_pending_seconds: float = 120.0  # push_audio beyond this raises BadInputError
+    # Turns queued and not yet played out; a push that would start one more raises
+    # BadInputError (each turn costs bookkeeping on every tick until it has played).
+    max_queued_turns: int = 32
 
     def __post_init__(self) -> None:
         if not self.max_pending_seconds > 0:
             raise ValueError(f"max_pending_seconds must be positive, got {self.max_pending_seconds}")
+        if self.max_queued_turns < 1:
+            raise ValueError(f"max_queued_turns must be at least 1, got {self.max_queued_turns}")
 
 
 @dataclass
@@ -346,6 +351,16 @@ class _Playout:
     @property
     def pending_seconds(self) -> float:
         return sum(turn.pending_seconds for turn in self._turns)
+
+    @property
+    def queued_turns(self) -> int:
+        """Turns not yet played out."""
+        return len(self._turns)
+
+    @property
+    def turn_open(self) -> bool:
+        """Whether the next push extends a turn rather than starting one."""
+        return self._open is not None
 
     def push(self, samples: np.ndarray, rate: int) -> None:
         if self._open is None:
@@ -578,6 +593,11 @@ class Session:
         mono = _mono_float32(samples, rate)
         if not len(mono):
             return
+        if not self._playout.turn_open and self._playout.queued_turns >= self._options.max_queued_turns:
+            raise BadInputError(
+                f"push_audio: {self._playout.queued_turns} turns are queued; at most "
+                f"{self._options.max_queued_turns} may wait to play (wait for playback_finished or interrupt)"
+            )
         pending = self._playout.pending_seconds + len(mono) / rate
         if pending > self._options.max_pending_seconds:
             raise BadInputError(

@@ -1,5 +1,6 @@
 """Run a real emolive server (uvicorn, websockets backend) in a background thread: for tests
-and for embedding. Listens on 127.0.0.1 on a free port unless told otherwise."""
+and for embedding. Listens on 127.0.0.1 on a free port unless told otherwise, on plain asyncio
+or on uvloop (what ``emolive serve`` picks when it is installed)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import uvicorn
 
 from server.config import Settings
 
+LOOPS = ("asyncio", "uvloop")
+
 
 class BackgroundServer:
     """``with BackgroundServer(settings) as srv: srv.url`` -> ``http://127.0.0.1:PORT``."""
 
-    def __init__(self, settings: Settings, port: int = 0, log_level: str = "warning") -> None:
+    def __init__(self, settings: Settings, port: int = 0, log_level: str = "warning", loop: str = "asyncio") -> None:
         from server.app import create_app
 
         self.settings = settings
@@ -27,6 +30,9 @@ class BackgroundServer:
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(self.app, ws="websockets-sansio", log_level=log_level, lifespan="on")
         self._server = uvicorn.Server(config)
+        if loop not in LOOPS:
+            raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+        self._loop_name = loop
         self._thread = threading.Thread(target=self._run, name="emolive-server", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -43,7 +49,13 @@ class BackgroundServer:
             self.loop = asyncio.get_running_loop()
             await self._server.serve(sockets=[self._sock])
 
-        asyncio.run(main())
+        factory = None
+        if self._loop_name == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
 
     def start(self, timeout: float = 60.0) -> "BackgroundServer":
         self._thread.start()

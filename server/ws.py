@@ -10,6 +10,7 @@ import asyncio
 import collections
 import json
 import logging
+import time
 from typing import Any
 
 import cv2
@@ -30,6 +31,46 @@ MAX_AUDIO_MESSAGE_BYTES = 10 * MAX_RATE * 2  # 10 s at the highest rate
 # Frames a slow client may lag behind before the oldest are dropped.
 MOTION_BACKLOG = 25
 JPEG_BACKLOG = 2
+# Messages a client may send: this many a second on average, in bursts of up to BURST. A TTS
+# source pushing 20 ms chunks 10x faster than real time sends 500 a second.
+MESSAGE_RATE = 1000.0
+MESSAGE_BURST = 2000.0
+# A client over its message rate this long in a row is disconnected (1008).
+FLOOD_LIMIT_S = 3.0
+# Control messages (events, errors) waiting for a client that does not read; past this the
+# socket is closed (1008), so a stalled client cannot hold unbounded memory.
+MAX_QUEUED_MESSAGES = 512
+# Error replies: bursts of ERROR_BURST, then ERROR_RATE a second; the answer to a flood of bad
+# input must not be a flood (the next error sent says how many were left out).
+ERROR_RATE = 5.0
+ERROR_BURST = 20.0
+
+
+class MessageBudget:
+    """A token bucket over incoming messages: ``take()`` is False while the client sends
+    faster than ``rate`` a second beyond a burst of ``burst``."""
+
+    def __init__(self, rate: float = MESSAGE_RATE, burst: float = MESSAGE_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = burst
+        self._last = time.monotonic()
+        self.over_since: float | None = None  # when the client went over and stayed over
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.over_since = None
+            return True
+        if self.over_since is None:
+            self.over_since = now
+        return False
+
+
+class Flooding(Exception):
+    """The client broke a limit that ends its socket (close code 1008)."""
 
 
 def _token(websocket: WebSocket) -> str | None:
@@ -62,14 +103,27 @@ class SessionSocket:
         self.frames: collections.deque = collections.deque(maxlen=MOTION_BACKLOG)
         self.wake = asyncio.Event()
         self.closing = False
+        self.budget = MessageBudget()
+        self._error_budget = MessageBudget(ERROR_RATE, ERROR_BURST)
+        self._errors_left_out = 0
+        self.stalled = False  # more control messages queued than MAX_QUEUED_MESSAGES
 
     # -- outgoing ------------------------------------------------------------------------
 
     def send_json(self, message: dict) -> None:
-        self.control.append(message)
+        if len(self.control) >= MAX_QUEUED_MESSAGES:
+            self.stalled = True  # the sender closes the socket
+        else:
+            self.control.append(message)
         self.wake.set()
 
     def error(self, message: str) -> None:
+        if not self._error_budget.take():
+            self._errors_left_out += 1
+            return
+        if self._errors_left_out:
+            message += f" ({self._errors_left_out} earlier errors were not reported: too many)"
+            self._errors_left_out = 0
         self.send_json({"type": "error", "message": message})
 
     def put_frame(self, frame: Any) -> None:  # FrameSink, called by the session's pump
@@ -96,6 +150,8 @@ class SessionSocket:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            if self.stalled:
+                raise Flooding(f"client is not reading: {MAX_QUEUED_MESSAGES} messages wait for it")
             while self.control or self.frames:
                 while self.control:
                     await self.ws.send_text(json.dumps(self.control.popleft()))
@@ -174,11 +230,23 @@ class SessionSocket:
         self.send_json({"type": "started", "session_id": self.live.id, "sample_rate": rate, "want": sorted(self.want),
                         "fps": FPS, "channels": list(CHANNELS), "mode": self.live.params.mode})
 
+    def over_budget(self) -> bool:
+        """Whether this message goes over the client's message rate (then it is dropped)."""
+        if self.budget.take():
+            return False
+        now = time.monotonic()
+        if now - self.budget.over_since > FLOOD_LIMIT_S:
+            raise Flooding(f"more than {MESSAGE_RATE:g} messages a second for {FLOOD_LIMIT_S:g} s")
+        self.error(f"over the message rate ({MESSAGE_RATE:g} a second, bursts of {MESSAGE_BURST:g}): input dropped")
+        return True
+
     async def receiver(self) -> None:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            if self.over_budget():
+                continue
             if message.get("bytes") is not None:
                 self.on_audio(message["bytes"])
             elif message.get("text") is not None:
@@ -211,12 +279,16 @@ async def session_websocket(websocket: WebSocket, session_id: str, registry: Ses
     receiver = asyncio.ensure_future(sock.receiver())
     sender = asyncio.ensure_future(sock.sender())
     closed = asyncio.ensure_future(live.closed.wait())
+    flooding: Flooding | None = None
     try:
         await asyncio.wait({receiver, sender, closed}, return_when=asyncio.FIRST_COMPLETED)
         for task in (receiver, sender):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 error = task.exception()
-                if not isinstance(error, (WebSocketDisconnect, RuntimeError, OSError)):
+                if isinstance(error, Flooding):
+                    flooding = error
+                    log.warning("session %s: websocket closed: %s", live.id, error)
+                elif not isinstance(error, (WebSocketDisconnect, RuntimeError, OSError)):
                     log.error("session %s: websocket task failed", live.id, exc_info=error)
     finally:
         for task in (receiver, sender, closed):
@@ -230,6 +302,9 @@ async def session_websocket(websocket: WebSocket, session_id: str, registry: Ses
             await sock.close()
         else:
             try:
-                await websocket.close()
+                if flooding is not None:
+                    await websocket.close(code=1008, reason=str(flooding)[:120])
+                else:
+                    await websocket.close()
             except Exception:
                 pass

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from server.config import Settings
-from server.testing import BackgroundServer
+from server.testing import LOOPS, BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The hand-built baseline: always installed and deterministic. These tests judge the server
@@ -61,11 +61,11 @@ def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     return path, LEAD_SILENCE_S + utt.duration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=LOOPS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("server-data"), ice_loopback=True, workers=2, motion=MOTION,
                         max_sessions=2, detach_grace_s=0.5)
-    with BackgroundServer(settings) as srv:
+    with BackgroundServer(settings, loop=request.param) as srv:
         yield srv
 
 

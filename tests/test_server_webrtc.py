@@ -24,7 +24,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from websockets.asyncio.client import connect
 
 from server.config import Settings
-from server.testing import BackgroundServer
+from server.testing import LOOPS, BackgroundServer
 from server.webrtc import enable_loopback_candidates
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,11 +40,11 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 40.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=LOOPS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("server-data"), ice_loopback=True, workers=2, motion=MOTION,
                         max_sessions=3, idle_timeout_s=20.0, detach_grace_s=0.5, peer_silence_s=2.0)
-    with BackgroundServer(settings) as srv:
+    with BackgroundServer(settings, loop=request.param) as srv:
         enable_loopback_candidates()  # the aiortc clients below share the process: same patch
         yield srv
 
@@ -265,6 +265,53 @@ def test_closed_peer_ends_its_session_within_5_s(server):
     run(scenario())
     assert gone_within(server, session["session_id"], 5.0) is not None
     assert live.closed.is_set() and live.task_count == 0 and live.peer is None
+
+
+def test_a_second_offer_replaces_the_peer_and_the_session_goes_on(server):
+    """A reconnecting client (a reloaded page, a new network) offers again on a live session:
+    the new peer gets frames within 2 s, the old peer is closed, the session keeps running,
+    and the server's event loop never stalls meanwhile (/healthz keeps answering)."""
+    session = new_session(server)
+    live = server.app.state.registry.get(session["session_id"])
+    health: list[float] = []
+
+    async def probe_health(stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                assert (await http.get("/healthz")).status_code == 200
+                health.append(time.monotonic() - started)
+                await asyncio.sleep(0.05)
+
+    async def scenario() -> tuple[float, int, int]:
+        stop = asyncio.Event()
+        prober = asyncio.ensure_future(probe_health(stop))
+        old, new = Peer(), Peer()
+        await old.connect(server, session)
+        await old.wait(lambda: len(old.video) >= 10, timeout=10)
+        offered = time.monotonic()
+        await new.connect(server, session)
+        await new.wait(lambda: len(new.video) >= 1, timeout=2.5)
+        first_frame = new.first_frame_at - offered
+        await old.wait(lambda: old.pc.connectionState in ("closed", "failed"), timeout=5)
+        old_frames = len(old.video)
+        await asyncio.sleep(5.0)  # the old bug closed the session ~2 s after a second offer
+        assert not live.closed.is_set(), live.close_reason
+        before = len(new.video)
+        await asyncio.sleep(2.0)
+        received = len(new.video) - before
+        stop.set()
+        await prober
+        await old.close()
+        await new.close()
+        return first_frame, received, len(old.video) - old_frames
+
+    first_frame, received, old_after = run(scenario())
+    assert first_frame < 2.0
+    assert received >= 40  # still streaming at ~25 fps
+    assert old_after <= 3  # the old peer stopped getting frames (a few were in flight)
+    assert max(health) < 0.5, f"/healthz took {max(health):.2f} s"
+    assert gone_within(server, session["session_id"], 5.0) is not None
 
 
 CLIENT = r"""

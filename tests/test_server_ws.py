@@ -8,6 +8,7 @@ Async parts run on their own loop with ``asyncio.run``; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import time
@@ -20,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from engine.offline import DEFAULT_PORTRAIT
 from server.config import Settings
-from server.testing import BackgroundServer
+from server.testing import LOOPS, BackgroundServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,11 +44,11 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 40.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=LOOPS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("server-data"), ice_loopback=True, workers=2, motion=MOTION,
                         max_sessions=MAX_SESSIONS, idle_timeout_s=IDLE_TIMEOUT_S, detach_grace_s=0.5)
-    with BackgroundServer(settings) as srv:
+    with BackgroundServer(settings, loop=request.param) as srv:
         yield srv
 
 
@@ -403,3 +404,53 @@ def test_health_metrics_docs_and_demo_page(server, http):
     page = http.get("/")
     assert page.status_code == 200 and 'id="start-mic"' in page.text
     assert http.get("/app.js").status_code == 200
+
+
+def test_a_flood_of_tiny_turns_does_not_hurt_another_session(server, http, speech):
+    """One client sends 20 000 turns of one sample each (2-byte audio + end_of_turn, ~0.6 MB)
+    as fast as it can while another session streams: the streaming session keeps its frame
+    rate, /healthz keeps answering, and the flooder is refused with a few errors, not 40 000."""
+    streaming, flooding = new_session(http), new_session(http, video=False)
+
+    async def flood() -> list[dict]:
+        """The flooder, on its own thread and loop: it must not slow the probes below."""
+        one_sample = np.zeros(1, "<i2").tobytes()
+        end = json.dumps({"type": "end_of_turn"})
+        async with connect(ws_url(server, flooding)) as ws:
+            client = Client(ws)
+            try:
+                for _ in range(20_000):
+                    await ws.send(one_sample)
+                    await ws.send(end)
+                await asyncio.sleep(1.0)
+            except ConnectionClosed:
+                pass  # closed by the server for flooding: fine
+            await client.close()
+            return client.of_type("error")
+
+    flooder = concurrent.futures.ThreadPoolExecutor(1).submit(run, flood())
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        async with connect(ws_url(server, streaming)) as ws:
+            watcher = Client(ws)
+            await watcher.start(sample_rate=RATE, want=["events", "motion"])
+            await watcher.wait_for(lambda m: m["type"] == "motion", timeout=10)
+            health: list[float] = []
+            started = time.monotonic()
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                while time.monotonic() - started < 4.0:
+                    asked = time.monotonic()
+                    assert (await client.get("/healthz")).status_code == 200
+                    health.append(time.monotonic() - asked)
+                    await asyncio.sleep(0.1)
+            rows = [stamp for stamp, m in watcher.messages if m["type"] == "motion" and stamp > started + 1.0]
+            await watcher.close()
+            return rows, health
+
+    rows, health = run(scenario())
+    errors = flooder.result(timeout=60)
+    seconds = rows[-1] - rows[0]
+    assert (len(rows) - 1) / seconds >= 24 * 0.9, f"{len(rows)} motion rows in {seconds:.1f} s"
+    assert max(health) < 0.5, f"/healthz took up to {max(health):.2f} s"
+    assert errors and len(errors) < 100  # told, but not answered message for message
+    assert any("turns are queued" in e["message"] or "message rate" in e["message"] for e in errors)
