@@ -397,7 +397,7 @@ def test_health_metrics_docs_and_demo_page(server, http):
     assert http.get("/healthz").json()["status"] == "ok"
     metrics = http.get("/metrics").text
     for name in ("emolive_active_sessions", "emolive_frames_out_total", "emolive_dropped_frames_total",
-                 "emolive_engine_latency_seconds", "emolive_session_fps"):
+                 "emolive_engine_latency_seconds", "emolive_sessions_fps"):
         assert name in metrics
     assert http.get("/docs").status_code == 200
     page = http.get("/")
