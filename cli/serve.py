@@ -12,8 +12,11 @@ from engine.motion.backends import BACKENDS
 DESCRIPTION = """\
 Serve talking portraits over HTTP, WebSocket and WebRTC.
 
-Open the printed URL for the demo page (pick or upload a portrait, talk into the microphone
-or play an audio file through the WebSocket path; video and voice come back over WebRTC).
+Open the printed URL for the demo page and pick or upload a portrait. "Start with microphone"
+makes your voice drive the face (your voice is not sent back); "Play file through the
+WebSocket" streams an audio file as a TTS engine would, and the face comes back with that
+voice over WebRTC.
+
 API docs are at /docs, Prometheus metrics at /metrics, health at /healthz. The WebSocket
 protocol is described in server/PROTOCOL.md.
 
@@ -60,7 +63,8 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--ice-loopback", action=argparse.BooleanOptionalAction, default=None,
                        help="also offer 127.0.0.1 as a WebRTC (ICE) host candidate, which aioice leaves out: "
                             "needed when browser and server share a machine with no other route "
-                            "(containers, CI, offline laptops). Default: on when --host is a loopback "
+                            "(containers, CI, offline laptops; Chromium then also needs "
+                            "--allow-loopback-in-peer-connection). Default: on when --host is a loopback "
                             "address (127.x, ::1, localhost), off otherwise")
     serve.add_argument("--ice-servers", default=None, metavar="JSON|URLS",
                        help="STUN/TURN servers for WebRTC, also handed to clients: a JSON list of "

@@ -285,7 +285,33 @@ def test_peer_that_never_connects_fails_its_session_with_a_reason(server, http):
 
 
 # ---------------------------------------------------------------------------------------
-# API docs with no network
+# In Chromium: the demo page says why its session failed; the API docs need no network
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
+def test_demo_page_shows_why_its_session_failed(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            *BROWSER_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            "--allow-loopback-in-peer-connection"])
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+            page.click("#start-mic")
+            page.wait_for_function("window.emolive.state.status === 'streaming'", timeout=30_000)
+            live = server.app.state.registry.get(page.evaluate("window.emolive.state.session.session_id"))
+            server.call(live.engine.close())  # the engine stops under the session
+            status = page.locator("#status")
+            sync_api.expect(status).to_contain_text("session failed (engine_error)", timeout=10_000)
+            assert "stream ended" in status.inner_text() and status.get_attribute("data-state") == "error"
+        finally:
+            browser.close()
 
 
 @pytest.mark.slow
@@ -303,9 +329,7 @@ def test_api_docs_render_offline_in_chromium(server):
             route.abort()
 
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
         try:
             page = browser.new_page()
             page.route("**/*", only_loopback)
