@@ -12,23 +12,41 @@ from engine.motion.backends import BACKENDS
 DESCRIPTION = """\
 Serve talking portraits over HTTP, WebSocket and WebRTC.
 
-Open the printed URL for the demo page (pick or upload a portrait, talk into the microphone
-or play an audio file through the WebSocket path; video and voice come back over WebRTC).
+Open the printed URL for the demo page and pick or upload a portrait. "Start with microphone"
+makes your voice drive the face (your voice is not sent back); "Play file through the
+WebSocket" streams an audio file as a TTS engine would, and the face comes back with that
+voice over WebRTC.
+
 API docs are at /docs, Prometheus metrics at /metrics, health at /healthz. The WebSocket
 protocol is described in server/PROTOCOL.md.
 
-Every option can also be set by an environment variable (the flag wins): EMOLIVE_HOST,
-EMOLIVE_PORT, EMOLIVE_WORKERS, EMOLIVE_RENDER_PROCESSES, EMOLIVE_MAX_SESSIONS, EMOLIVE_ICE_LOOPBACK=1,
-EMOLIVE_DATA_DIR, EMOLIVE_ICE_SERVERS (comma-separated stun:/turn: URLs),
-EMOLIVE_MOTION, EMOLIVE_MOTION_BACKEND, EMOLIVE_MOTION_BATCHING=0|1,
-EMOLIVE_MOTION_BATCH_WINDOW_MS, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S.
+Every option can also be set by an environment variable (the flag wins), and a few settings
+only by one; booleans take 1/0: {env}.
+
+EMOLIVE_ICE_SERVERS (or --ice-servers) is a JSON list of RTCIceServer objects, e.g.
+  '[{"urls": "turn:turn.example.org:3478", "username": "u", "credential": "p"}]'
+or comma-separated stun: URLs. The server's peer connections use them (aiortc takes the first
+STUN and the first TURN URL), and POST /v1/sessions hands them to the session's client.
 """
+
+
+def _description() -> str:
+    import textwrap
+    from dataclasses import fields
+
+    from server.config import Settings
+
+    head, tail = DESCRIPTION.split("{env}")
+    names = ", ".join(f"EMOLIVE_{f.name.upper()}" for f in fields(Settings))
+    last_line = head.rsplit("\n", 1)[1]
+    env = textwrap.fill(last_line + names, width=92)[len(last_line):]
+    return head + env + tail
 
 
 def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the real-time streaming server (WebRTC + WebSocket + REST) and its demo page",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default=None,
                        help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for every interface, as in Docker)")
@@ -42,10 +60,16 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
                             "(default: 2; 0 renders in the compute threads)")
     serve.add_argument("--max-sessions", type=int, default=None, metavar="N",
                        help="concurrent live sessions; one more is refused with 503 and Retry-After (default: 4)")
-    serve.add_argument("--ice-loopback", action="store_true", default=None,
+    serve.add_argument("--ice-loopback", action=argparse.BooleanOptionalAction, default=None,
                        help="also offer 127.0.0.1 as a WebRTC (ICE) host candidate, which aioice leaves out: "
                             "needed when browser and server share a machine with no other route "
-                            "(containers, CI, offline laptops)")
+                            "(containers, CI, offline laptops; Chromium then also needs "
+                            "--allow-loopback-in-peer-connection). Default: on when --host is a loopback "
+                            "address (127.x, ::1, localhost), off otherwise")
+    serve.add_argument("--ice-servers", default=None, metavar="JSON|URLS",
+                       help="STUN/TURN servers for WebRTC, also handed to clients: a JSON list of "
+                            "RTCIceServer objects (TURN needs username and credential) or comma-separated "
+                            "stun: URLs (default: none)")
     serve.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                        help="where uploaded avatars and their registrations are kept "
                             "(default: $EMOLIVE_DATA_DIR or ~/.local/share/emolive)")
@@ -59,6 +83,9 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--motion-batching", action=argparse.BooleanOptionalAction, default=None,
                        help="step the motion of all sessions that run a diffusion model together, one batched "
                             "denoiser call per tick (default: on); --no-motion-batching steps each session alone")
+    serve.add_argument("--metrics-per-session", action=argparse.BooleanOptionalAction, default=None,
+                       help="also export per-session series (label session=<id>) on /metrics; off by default, "
+                            "as every session ever seen would stay a series")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve
@@ -87,7 +114,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.config import Settings
+    from server.config import Settings, parse_ice_servers
 
     _check(args)
     if args.motion is not None:
@@ -98,11 +125,13 @@ def run_serve(args: argparse.Namespace) -> None:
         except ValueError as error:
             raise BadInputError(f"--motion: {error}") from None
     try:
+        ice_servers = None if args.ice_servers is None else parse_ice_servers(args.ice_servers)
         settings = Settings.from_env(host=args.host, port=args.port, workers=args.workers,
                                      render_processes=args.render_processes,
                                      max_sessions=args.max_sessions, ice_loopback=args.ice_loopback,
-                                     data_dir=args.data_dir, motion=args.motion, motion_backend=args.motion_backend,
-                                     motion_batching=args.motion_batching)
+                                     ice_servers=ice_servers, data_dir=args.data_dir, motion=args.motion,
+                                     motion_backend=args.motion_backend, motion_batching=args.motion_batching,
+                                     metrics_per_session=args.metrics_per_session)
     except ValueError as error:
         raise BadInputError(f"bad server setting: {error}") from None
     from engine.motion.backends import unavailable_reason
@@ -123,7 +152,7 @@ def run_serve(args: argparse.Namespace) -> None:
     if ":" in shown:
         shown = f"[{shown}]"
     print(f"emolive: serving on http://{shown}:{settings.port}/  (API docs: /docs, metrics: /metrics; "
-          f"data: {settings.data_dir}{', ICE loopback on' if settings.ice_loopback else ''})",
+          f"data: {settings.data_dir}{', ICE loopback on' if settings.loopback_candidates else ''})",
           file=sys.stderr, flush=True)
     server.run()
     if not server.started:

@@ -8,7 +8,7 @@ const CHUNK = WS_RATE / 50;     // 20 ms
 const LEAD_MS = 100;            // how far ahead of real time the sender may run
 
 const state = {
-  status: "idle", session: null, pc: null, ws: null, mic: null, sender: null,
+  status: "idle", session: null, pc: null, ws: null, mic: null, sender: null, ended: null,
   t0: 0, framesPresented: 0, framesDecoded: 0, framesDropped: 0, fps: 0,
   latencyMs: null, serverDropped: 0, events: [], captures: [], captureTimer: null, statsTimer: null,
   marks: {},  // performance.now() of each start-up step, for the overlay and for tests
@@ -67,6 +67,7 @@ async function uploadAvatar(file) {
 // -- session, WebSocket, peer ----------------------------------------------------------
 
 async function createSession(mode) {
+  state.ended = null;
   state.session = await api("/v1/sessions", { method: "POST", json: {
     avatar_id: $("avatar-select").value || "default", mode,
     head_motion: parseFloat($("head-motion").value), expressiveness: parseFloat($("expressiveness").value),
@@ -93,14 +94,26 @@ function openSocket(want) {
   return new Promise((resolve, reject) => {
     ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: WS_RATE, want }));
     ws.onerror = () => reject(new Error("WebSocket failed"));
-    ws.onclose = () => { if (state.ws === ws && state.status !== "idle") setStatus("disconnected", "error"); };
+    ws.onclose = () => {
+      // A session that ended said why in its "closed" message, which stays on the status line.
+      if (state.ws === ws && state.status !== "idle" && !state.ended) setStatus("disconnected", "error");
+    };
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") return;
       const message = JSON.parse(event.data);
       if (message.type === "started") resolve(message);
+      if (message.type === "closed") sessionEnded(message);
       if (message.type !== "motion") logEvent(message);
     };
   });
+}
+
+function sessionEnded({ reason, failure }) {
+  // Stop stays enabled: it releases the microphone and the peer connection.
+  state.ended = { reason, failure };
+  stopStats();
+  $("interrupt").disabled = true;
+  setStatus(failure ? `session failed (${failure}): ${reason}` : `session ended: ${reason}`, failure ? "error" : "ok");
 }
 
 function iceGatheringDone(pc, timeoutMs = 3000) {
@@ -114,7 +127,8 @@ function iceGatheringDone(pc, timeoutMs = 3000) {
 }
 
 async function connectPeer(micTrack) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  // The server names the STUN/TURN servers (with TURN credentials) for this session.
+  const pc = new RTCPeerConnection({ iceServers: state.session.ice_servers || [] });
   state.pc = pc;
   pc.addTransceiver("video", { direction: "recvonly" });
   if (micTrack) pc.addTransceiver(micTrack, { direction: "sendrecv" });
@@ -127,7 +141,12 @@ async function connectPeer(micTrack) {
   const connected = new Promise((resolve, reject) => {
     pc.onconnectionstatechange = () => {
       if (pc.connectionState === "connected") { mark("connected"); setStatus("streaming"); resolve(); }
-      if (pc.connectionState === "failed") { setStatus("WebRTC connection failed", "error"); reject(new Error("ICE failed")); }
+      if (pc.connectionState === "failed") {
+        const reason = "WebRTC connection failed: no network route between this browser and the server " +
+          "(a server on another machine needs reachable UDP or a TURN server, EMOLIVE_ICE_SERVERS)";
+        if (!state.ended) setStatus(reason, "error");
+        reject(new Error(reason));
+      }
     };
   });
   await pc.setLocalDescription(await pc.createOffer());
@@ -161,7 +180,7 @@ async function startMic() {
     startStats();
     setButtons(true);
   } catch (error) {
-    setStatus(`error: ${error.message}`, "error");
+    if (!state.ended) setStatus(`error: ${error.message}`, "error");
     throw error;
   }
 }
@@ -227,7 +246,7 @@ async function startFile(arrayBuffer) {
     state.t0 = performance.now();
     return await streamPcm(pcm);
   } catch (error) {
-    setStatus(`error: ${error.message}`, "error");
+    if (!state.ended) setStatus(`error: ${error.message}`, "error");
     throw error;
   }
 }

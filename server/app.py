@@ -25,6 +25,7 @@ from engine.render_workers import RenderWorkers
 from engine.session import share_cores_between_sessions
 from server.avatars import DEFAULT_ID, AvatarStore
 from server.config import Settings
+from server.docs import add_offline_docs
 from server.errors import ApiError, not_found
 from server.metrics import Metrics
 from server.sessions import LiveSession, SessionParams, SessionRegistry
@@ -47,6 +48,14 @@ class SessionRequest(BaseModel):
     video: bool = Field(True, description="render video; false: events and motion rows only")
 
 
+class IceServerInfo(BaseModel):
+    """An RTCIceServer dictionary, for ``new RTCPeerConnection({iceServers})``."""
+
+    urls: list[str]
+    username: str | None = Field(None, exclude_if=lambda value: value is None)
+    credential: str | None = Field(None, exclude_if=lambda value: value is None)
+
+
 class SessionCreated(BaseModel):
     session_id: str
     token: str
@@ -56,6 +65,8 @@ class SessionCreated(BaseModel):
     fps: int
     offer_url: str
     ws_url: str
+    ice_servers: list[IceServerInfo] = Field(
+        description="the STUN/TURN servers (TURN with credentials) the client's peer connection should use")
 
 
 class Offer(BaseModel):
@@ -72,7 +83,7 @@ def _bearer(request: Request) -> str | None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    metrics = Metrics()
+    metrics = Metrics(per_session=settings.metrics_per_session)
     store = AvatarStore(settings.data_dir, rig_cache_size=settings.rig_cache_size)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="emolive-engine")
     registry = SessionRegistry(settings, store, metrics, executor)
@@ -82,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         share_cores_between_sessions()
         if settings.render_processes:
             registry.render_workers = await asyncio.to_thread(RenderWorkers, settings.render_processes)
-        if settings.ice_loopback:
+        if settings.loopback_candidates:
             from server.webrtc import enable_loopback_candidates
 
             enable_loopback_candidates()
@@ -100,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if registry.render_workers is not None:
                 await asyncio.to_thread(registry.render_workers.close)
 
-    app = FastAPI(title="emolive", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="emolive", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Real-time talking portraits: one portrait + live audio -> a talking face "
                               "over WebRTC, with events and ARKit motion rows over a WebSocket. "
                               "WebSocket protocol: see server/PROTOCOL.md.")
@@ -195,11 +206,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         base = f"/v1/sessions/{live.id}"
         return SessionCreated(session_id=live.id, token=live.token, avatar_id=live.params.avatar_id,
                               mode=live.params.mode, size=live.params.size, fps=FPS,
-                              offer_url=f"{base}/offer", ws_url=f"{base}/ws")
+                              offer_url=f"{base}/offer", ws_url=f"{base}/ws",
+                              ice_servers=[IceServerInfo(**server.to_json()) for server in settings.ice_servers])
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"])
-    async def get_session(live: LiveSession = Depends(session_auth)) -> dict:
-        return live.describe()
+    async def get_session(session_id: str, request: Request) -> dict:
+        """A live session's state, or (for 10 minutes) an ended one's last state and why it ended."""
+        return registry.describe(session_id, _bearer(request))
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"])
     async def delete_session(live: LiveSession = Depends(session_auth)) -> Response:
@@ -218,6 +231,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from server.ws import session_websocket
 
         await session_websocket(websocket, session_id, registry)
+
+    # -- API docs, offline (before the demo page's "/" mount) --------------------------------
+
+    add_offline_docs(app)
 
     # -- demo page ------------------------------------------------------------------------
 

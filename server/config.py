@@ -6,9 +6,12 @@ Every setting has an ``EMOLIVE_*`` environment variable (read by :meth:`Settings
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from engine.motion.backends import check_backend
 from engine.motion.registry import LIVE_MOTION_MODEL
@@ -23,6 +26,85 @@ def default_data_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class IceServer:
+    """One STUN or TURN server, as WebRTC's ``RTCIceServer`` dictionary names it."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``RTCIceServer`` dictionary a browser takes (absent fields left out)."""
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+def parse_ice_servers(raw: str) -> tuple[IceServer, ...]:
+    """``EMOLIVE_ICE_SERVERS``: a JSON list of ``RTCIceServer`` dictionaries
+    (``[{"urls": "turn:host:3478", "username": "u", "credential": "p"}]``), or the older
+    comma-separated STUN URLs (``stun:host:3478,stun:other:3478``)."""
+    text = raw.strip()
+    if not text.startswith(("[", "{")):
+        return _ice_servers([url for url in (part.strip() for part in text.split(",")) if url])
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    return _ice_servers([value] if isinstance(value, dict) else value)
+
+
+def _ice_servers(value: Any) -> tuple[IceServer, ...]:
+    """Check and normalise ``ice_servers`` given as IceServer objects, URL strings or dicts."""
+    if isinstance(value, (str, dict, IceServer)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"ice_servers: expected a list of servers, got {type(value).__name__}")
+    return tuple(_ice_server(i, item) for i, item in enumerate(value))
+
+
+def _ice_server(index: int, item: Any) -> IceServer:
+    from aiortc.rtcicetransport import parse_stun_turn_uri  # aiortc checks URLs as it will use them
+
+    where = f"ice_servers[{index}]"
+    if isinstance(item, str):
+        item = {"urls": item}
+    elif isinstance(item, IceServer):
+        item = item.to_json()
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: expected an object with 'urls', got {type(item).__name__}")
+    unknown = set(item) - {"urls", "username", "credential"}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; expected urls, username, credential")
+    urls = item.get("urls")
+    urls = [urls] if isinstance(urls, str) else urls
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ValueError(f"{where}: 'urls' must be a URL or a non-empty list of URLs, got {item.get('urls')!r}")
+    for name in ("username", "credential"):
+        if item.get(name) is not None and not isinstance(item[name], str):
+            raise ValueError(f"{where}: '{name}' must be a string")
+    for url in urls:
+        try:
+            scheme = parse_stun_turn_uri(url)["scheme"]
+        except ValueError as error:
+            raise ValueError(f"{where}: {url!r} is not a stun:/turn: URL ({error})") from None
+        if scheme.startswith("turn") and not (item.get("username") and item.get("credential")):
+            raise ValueError(f"{where}: {url} needs a 'username' and a 'credential'")
+    return IceServer(tuple(urls), item.get("username"), item.get("credential"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (what the server binds) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -33,11 +115,14 @@ class Settings:
     render_processes: int = 2
     # Concurrent live sessions; one more gets 503 with Retry-After.
     max_sessions: int = 4
-    # Offer 127.0.0.1 as an ICE host candidate (aioice leaves loopback out by default).
-    ice_loopback: bool = False
-    # STUN/TURN URLs for the server's peer connections ("stun:host:port"); none by default:
-    # the server is meant to be reached directly (or through a TURN server the client names).
-    ice_servers: tuple[str, ...] = ()
+    # Offer 127.0.0.1 as an ICE host candidate (aioice leaves loopback out). None: only when
+    # the server binds a loopback address, where a browser on this machine is the only client
+    # (see ``loopback_candidates``).
+    ice_loopback: bool | None = None
+    # STUN/TURN servers for the server's peer connections, also handed to each session's
+    # client (POST /v1/sessions): none by default, the server is meant to be reached directly.
+    # Given as IceServer objects, URL strings or RTCIceServer dicts; kept as IceServer.
+    ice_servers: tuple[IceServer, ...] = ()
     # Uploaded avatars (and the engine's registration cache) live here.
     data_dir: Path = field(default_factory=default_data_dir)
     # A session no client ever attached to expires after this many seconds.
@@ -47,6 +132,11 @@ class Settings:
     detach_grace_s: float = 1.0
     # A connected peer that sends nothing (no RTP, no RTCP) for this long counts as gone.
     peer_silence_s: float = 2.5
+    # A peer not connected this long after its offer was answered fails its session.
+    peer_connect_timeout_s: float = 20.0
+    # /metrics also carries per-session series (label session=<id>): one series per session
+    # ever seen is unbounded cardinality for a long-running server, hence off by default.
+    metrics_per_session: bool = False
     # Built rigs kept in memory (avatar x size), least recently used evicted first.
     rig_cache_size: int = 8
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -71,15 +161,26 @@ class Settings:
             raw = os.environ.get(f"EMOLIVE_{f.name.upper()}")
             if raw is None:
                 continue
-            values[f.name] = _parse(f.name, raw)
+            try:
+                values[f.name] = _parse(f.name, raw)
+            except ValueError as error:
+                raise ValueError(f"EMOLIVE_{f.name.upper()}: {error}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 
+    @property
+    def loopback_candidates(self) -> bool:
+        """Whether the server offers 127.0.0.1 as an ICE candidate (``ice_loopback`` resolved)."""
+        return is_loopback_host(self.host) if self.ice_loopback is None else self.ice_loopback
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        object.__setattr__(self, "ice_servers", _ice_servers(self.ice_servers))
+        if self.peer_connect_timeout_s <= 0:
+            raise ValueError(f"peer_connect_timeout_s must be positive, got {self.peer_connect_timeout_s}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.render_processes < 0:
@@ -93,7 +194,9 @@ class Settings:
 
 def _parse(name: str, raw: str):
     kind = {f.name: f.type for f in fields(Settings)}[name]
-    if kind == "bool":
+    if name == "ice_servers":
+        return parse_ice_servers(raw)
+    if kind in ("bool", "bool | None"):
         return raw.strip().lower() in _TRUE
     if kind == "int":
         return int(raw)
@@ -101,6 +204,4 @@ def _parse(name: str, raw: str):
         return float(raw)
     if kind == "Path":
         return Path(raw)
-    if kind.startswith("tuple"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw

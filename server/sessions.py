@@ -14,14 +14,18 @@ closes its peer connection and WebSockets, and closes the engine session.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import secrets
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Protocol
 
+import engine.render_workers
 from engine.motion.batching import BatchingConfig, MotionBatcher
 from engine.motion.registry import LIVE_MOTION_MODEL, create_motion_model
 from engine.render_workers import RenderWorkers
@@ -32,6 +36,11 @@ from server.errors import ApiError, not_found
 from server.metrics import Metrics
 
 log = logging.getLogger("emolive.server")
+
+# An ended session's last state stays readable (GET /v1/sessions/{id}) this long, for so many
+# sessions at most: a client whose session failed can still learn why.
+ENDED_KEEP_S = 600.0
+ENDED_KEEP = 256
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,11 @@ class LiveSession:
         self.frames_out = 0
         self.frames_dropped = 0
         self.fps = 0.0
+        self.fps_measured = False  # fps covers a full second
         self.last_index = -1
         self.peer: Any = None  # the server's RTCPeerConnection, if any (server.webrtc)
-        self.failed = ""  # set when the engine's frame or event stream ended on its own
+        self.failure = ""  # set by fail(): one of metrics.FAILURE_REASONS
+        self.failed = ""  # set by fail(): what happened, in words (the close reason)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -97,7 +108,20 @@ class LiveSession:
         if task.exception() is not None:
             log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
         if task.get_name().endswith(("-frames", "-events")) and not self.closed.is_set():
-            self.failed = f"engine stream {task.get_name().rsplit('-', 1)[1]} ended"
+            stream, error = task.get_name().rsplit("-", 1)[1], task.exception()
+            if error is None:
+                self.fail("engine_error", f"the engine's {stream} stream ended")
+            else:
+                self.fail(_failure_reason(error), f"the engine's {stream} stream failed: {error}")
+
+    def fail(self, reason: str, detail: str) -> None:
+        """Mark the session failed (the first failure wins; counted once): the registry closes
+        it at once, with ``detail`` as its close reason."""
+        if self.failure or self.closed.is_set():
+            return
+        self.failure, self.failed = reason, detail
+        self._metrics.sessions_failed.labels(reason).inc()
+        log.warning("session %s failed (%s): %s", self.id, reason, detail)
 
     @property
     def task_count(self) -> int:
@@ -127,7 +151,8 @@ class LiveSession:
             now = time.monotonic()
             if now - window_start >= 1.0:
                 self.fps = window_frames / (now - window_start)
-                m.fps.labels(self.id).set(self.fps)
+                self.fps_measured = True
+                m.observe_fps(self.id, self.fps)
                 window_start, window_frames = now, 0
 
     async def _pump_events(self) -> None:
@@ -207,10 +232,7 @@ class LiveSession:
             await asyncio.wait(tasks, timeout=2.0)
         self._sinks.clear()
         self._listeners.clear()
-        try:
-            self._metrics.fps.remove(self.id)
-        except KeyError:
-            pass
+        self._metrics.forget_session(self.id)
 
     def describe(self) -> dict:
         stats = getattr(self.engine, "stats", None)
@@ -221,6 +243,9 @@ class LiveSession:
         latency = getattr(self.engine, "latency_ms", None)
         return {
             "session_id": self.id,
+            "state": "ended" if self.closed.is_set() else "live",
+            "close_reason": self.close_reason or None,
+            "failure": self.failure or None,
             "avatar_id": self.params.avatar_id,
             "mode": self.params.mode,
             "size": self.params.size,
@@ -236,6 +261,20 @@ class LiveSession:
         }
 
 
+def _failure_reason(error: BaseException) -> str:
+    """``render_worker`` when ``error`` (or what caused it) was raised by the render-worker
+    transport, ``engine_error`` otherwise."""
+    worker_module = engine.render_workers.__file__
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(frame.filename == worker_module for frame in traceback.extract_tb(current.__traceback__)):
+            return "render_worker"
+        current = current.__cause__ or current.__context__
+    return "engine_error"
+
+
 class SessionRegistry:
     def __init__(self, settings: Settings, store: AvatarStore, metrics: Metrics, executor: Executor | None) -> None:
         self.settings = settings
@@ -247,7 +286,11 @@ class SessionRegistry:
         self.batcher = (MotionBatcher(BatchingConfig(window_s=settings.motion_batch_window_ms / 1000.0))
                         if settings.motion_batching else None)
         self._sessions: dict[str, LiveSession] = {}
+        # Ended sessions, oldest first: id -> (token, when it ended, its last describe()).
+        self._ended: collections.OrderedDict[str, tuple[str, float, dict]] = collections.OrderedDict()
         self._starting = 0
+        metrics.session_tasks.set_function(lambda: sum(live.task_count for live in self._sessions.values()))
+        metrics.sessions_fps_min.set_function(self._min_fps)
         self._closing: set[str] = set()
         self._closers: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
@@ -260,6 +303,10 @@ class SessionRegistry:
 
     def start(self) -> None:
         self._reaper = asyncio.ensure_future(self._reap())
+
+    def _min_fps(self) -> float:
+        measured = [live.fps for live in self._sessions.values() if live.fps_measured and not live.closed.is_set()]
+        return min(measured) if measured else math.nan
 
     async def create(self, params: SessionParams) -> LiveSession:
         from engine.session import Session, SessionOptions
@@ -318,12 +365,27 @@ class SessionRegistry:
         live = self._sessions.get(session_id)
         if live is None or live.closed.is_set():
             raise not_found(f"session {session_id!r}")
-        if not token:
-            raise ApiError(401, "this session needs its token: 'Authorization: Bearer <token>' or ?token=",
-                           {"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(token.encode(), live.token.encode()):
-            raise ApiError(403, "wrong token for this session")
+        _check_token(live.token, token)
         return live
+
+    def describe(self, session_id: str, token: str | None) -> dict:
+        """A live session's state, or an ended one's last state with why it ended (kept
+        ``ENDED_KEEP_S``); the same 404/401/403 as :meth:`authorize`."""
+        live = self._sessions.get(session_id)
+        if live is not None:
+            _check_token(live.token, token)
+            return live.describe()
+        ended = self._ended.get(session_id)
+        if ended is None:
+            raise not_found(f"session {session_id!r}")
+        _check_token(ended[0], token)
+        return ended[2]
+
+    def _remember(self, live: LiveSession) -> None:
+        now = time.monotonic()
+        self._ended[live.id] = (live.token, now, live.describe())
+        while self._ended and (len(self._ended) > ENDED_KEEP or now - next(iter(self._ended.values()))[1] > ENDED_KEEP_S):
+            self._ended.popitem(last=False)
 
     async def close(self, session_id: str, reason: str) -> bool:
         live = self._sessions.get(session_id)
@@ -333,6 +395,7 @@ class SessionRegistry:
         try:
             await live.close(reason)
         finally:
+            self._remember(live)
             self._sessions.pop(session_id, None)
             self._closing.discard(session_id)
             self.metrics.active_sessions.set(len(self._sessions))
@@ -361,3 +424,11 @@ class SessionRegistry:
                              return_exceptions=True)
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.close)
+
+
+def _check_token(expected: str, token: str | None) -> None:
+    if not token:
+        raise ApiError(401, "this session needs its token: 'Authorization: Bearer <token>' or ?token=",
+                       {"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(403, "wrong token for this session")

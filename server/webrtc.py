@@ -50,8 +50,6 @@ OPUS = "audio/opus"
 # The outgoing audio queue holds at most this much; past it the oldest is dropped (a stalled
 # sender must not build up a delay it would then keep forever).
 MAX_AUDIO_BACKLOG_CHUNKS = 25
-# A peer that has not connected this long after its offer was answered is given up.
-CONNECT_TIMEOUT_S = 20.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -90,7 +88,10 @@ def enable_loopback_candidates() -> None:
 
 def rtc_configuration(settings: Settings) -> RTCConfiguration:
     # aiortc falls back to a public STUN server when iceServers is None; say "none" explicitly.
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in settings.ice_servers])
+    # aiortc uses the first STUN and the first TURN URL it is given (aioice takes one of each).
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=list(server.urls), username=server.username,
+                                                     credential=server.credential)
+                                        for server in settings.ice_servers])
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,15 +292,20 @@ async def _drain(track: MediaStreamTrack) -> None:
 
 async def _watch_peer(live: LiveSession, pc: RTCPeerConnection, settings: Settings, gone: asyncio.Event) -> None:
     """A connected peer that sends no packet at all (RTP or RTCP) for ``peer_silence_s`` is
-    gone (a browser that was killed sends no DTLS close; ICE consent would take 30 s)."""
+    gone (a browser that was killed sends no DTLS close; ICE consent would take 30 s). One
+    that never connects within ``peer_connect_timeout_s`` fails the session (``peer_timeout``):
+    browser and server found no route to each other."""
     started = time.monotonic()
     last_count, last_change = -1, started
     while not gone.is_set():
         await asyncio.sleep(0.5)
         if pc.connectionState != "connected":
             last_change = time.monotonic()
-            if last_count < 0 and last_change - started > CONNECT_TIMEOUT_S:
-                log.info("session %s: peer did not connect in %.0f s", live.id, CONNECT_TIMEOUT_S)
+            if last_count < 0 and last_change - started > settings.peer_connect_timeout_s:
+                if live.peer is pc:
+                    live.fail("peer_timeout", f"the WebRTC peer did not connect within "
+                                              f"{settings.peer_connect_timeout_s:g} s (no ICE route between "
+                                              "client and server: see ICE servers / loopback candidates)")
                 gone.set()
             continue
         report = await pc.getStats()
@@ -341,6 +347,8 @@ async def answer_offer(live: LiveSession, sdp: str, kind: str, settings: Setting
         if state == "connected" and not counted:
             counted = True
             metrics.peers.inc()
+        if state == "failed" and live.peer is pc:
+            live.fail("peer_failed", "the WebRTC peer connection failed (ICE or DTLS)")
         if state in ("failed", "closed"):
             gone.set()
 

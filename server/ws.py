@@ -255,7 +255,8 @@ class SessionSocket:
     async def close(self) -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
             reason = f"session closed: {self.live.close_reason}"[:120]
-            self.control.append({"type": "closed", "reason": self.live.close_reason})
+            self.control.append({"type": "closed", "reason": self.live.close_reason,
+                                 "failure": self.live.failure or None})
             try:
                 while self.control:
                     await self.ws.send_text(json.dumps(self.control.popleft()))

@@ -298,7 +298,10 @@ def test_websocket_drop_ends_session_and_its_tasks(server, http):
     assert session_gone(server, sid, within=5.0)
     assert live.closed.is_set() and live.task_count == 0
     assert not [n for n in session_task_names(server) if sid in n]
-    assert http.get(f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {session['token']}"}).status_code == 404
+    auth = {"Authorization": f"Bearer {session['token']}"}
+    ended = http.get(f"/v1/sessions/{sid}", headers=auth).json()  # readable a while, with why it ended
+    assert ended["state"] == "ended" and ended["close_reason"] == "last client left" and ended["failure"] is None
+    assert http.delete(f"/v1/sessions/{sid}", headers=auth).status_code == 404
 
 
 def test_session_without_client_expires(server, http):
@@ -313,7 +316,9 @@ def test_delete_session(server, http):
     info = http.get(f"/v1/sessions/{session['session_id']}", headers=auth).json()
     assert info["session_id"] == session["session_id"] and info["mode"] == "tts"
     assert http.delete(f"/v1/sessions/{session['session_id']}", headers=auth).status_code == 204
-    assert http.get(f"/v1/sessions/{session['session_id']}", headers=auth).status_code == 404
+    assert http.get(f"/v1/sessions/{session['session_id']}", headers=auth).json()["state"] == "ended"
+    offer = http.post(f"/v1/sessions/{session['session_id']}/offer", headers=auth, json={"sdp": "v=0"})
+    assert offer.status_code == 404
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,7 +403,7 @@ def test_health_metrics_docs_and_demo_page(server, http):
     assert http.get("/healthz").json()["status"] == "ok"
     metrics = http.get("/metrics").text
     for name in ("emolive_active_sessions", "emolive_frames_out_total", "emolive_dropped_frames_total",
-                 "emolive_engine_latency_seconds", "emolive_session_fps"):
+                 "emolive_engine_latency_seconds", "emolive_sessions_fps"):
         assert name in metrics
     assert http.get("/docs").status_code == 200
     page = http.get("/")
