@@ -92,6 +92,11 @@ class FrameRenderer:
         self._encoder = None
 
 
+class RenderWorkerError(RuntimeError):
+    """A render worker could not render a frame: it reported an error, or its replacement
+    failed too."""
+
+
 class StreamBroken(Exception):
     """The other end of a :class:`Channel` closed it, or a message came in malformed."""
 
@@ -288,7 +293,10 @@ class WorkerFrameRenderer:
             return self._rendered(await self._call(request))
         except (StreamBroken, OSError, TimeoutError) as error:
             await self._reopen(error)
+        try:
             return self._rendered(await self._call(request))
+        except (StreamBroken, OSError, TimeoutError) as error:
+            raise RenderWorkerError(f"render worker failed again after a restart: {error}") from error
 
     def close(self) -> None:
         """Release the worker's stream and the shared picture; idempotent, and it does not wait
@@ -323,7 +331,7 @@ class WorkerFrameRenderer:
         worker = self._worker
         self._leave()
         if worker is None:
-            raise RuntimeError(f"render worker: {error}") from None
+            raise RenderWorkerError(f"render worker: {error}") from None
         started = time.monotonic()
         # A killed worker's socket closes a moment before its exit status can be read.
         while worker.process.is_alive() and time.monotonic() - started < 0.5 and not isinstance(error, TimeoutError):
@@ -355,7 +363,7 @@ def _result(reply: object) -> object:
     """A worker's reply: its result, or the error it reported raised here."""
     result, error = reply  # type: ignore[misc]
     if error is not None:
-        raise RuntimeError(f"render worker: {error}")
+        raise RenderWorkerError(f"render worker: {error}")
     return result
 
 

@@ -19,16 +19,14 @@ import logging
 import math
 import secrets
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Protocol
 
-import engine.render_workers
 from engine.motion.batching import BatchingConfig, MotionBatcher
 from engine.motion.registry import LIVE_MOTION_MODEL, create_motion_model
-from engine.render_workers import RenderWorkers
+from engine.render_workers import RenderWorkerError, RenderWorkers
 from engine.motion_space import MotionControls
 from server.avatars import AvatarStore
 from server.config import Settings
@@ -262,17 +260,8 @@ class LiveSession:
 
 
 def _failure_reason(error: BaseException) -> str:
-    """``render_worker`` when ``error`` (or what caused it) was raised by the render-worker
-    transport, ``engine_error`` otherwise."""
-    worker_module = engine.render_workers.__file__
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if any(frame.filename == worker_module for frame in traceback.extract_tb(current.__traceback__)):
-            return "render_worker"
-        current = current.__cause__ or current.__context__
-    return "engine_error"
+    """``render_worker`` when the render workers failed ``error``'s frame, ``engine_error`` otherwise."""
+    return "render_worker" if isinstance(error, RenderWorkerError) else "engine_error"
 
 
 class SessionRegistry:
