@@ -59,6 +59,9 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--motion-batching", action=argparse.BooleanOptionalAction, default=None,
                        help="step the motion of all sessions that run a diffusion model together, one batched "
                             "denoiser call per tick (default: on); --no-motion-batching steps each session alone")
+    serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                       help="event loop uvicorn runs the server on: auto (default: uvloop when it is installed, "
+                            "else asyncio), asyncio or uvloop")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve
@@ -79,6 +82,11 @@ def _check(args: argparse.Namespace) -> None:
         check_render_processes(args.render_processes)
     if args.max_sessions is not None and not 1 <= args.max_sessions <= 1000:
         raise BadInputError(f"--max-sessions must be between 1 and 1000, got {args.max_sessions}")
+    if args.loop == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise BadInputError("--loop uvloop: uvloop is not installed (pip install uvloop)")
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -117,7 +125,7 @@ def run_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, ws="websockets-sansio",
-                            log_level=args.log_level, lifespan="on")
+                            loop=args.loop, log_level=args.log_level, lifespan="on")
     server = uvicorn.Server(config)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if ":" in shown:
