@@ -84,3 +84,11 @@ def run_bench(args: argparse.Namespace) -> None:
         from cli.stream_bench import run_stream_bench
 
         run_stream_bench(args)
+    elif args.bench == "sessions":
+        from cli.churn_bench import bench_sessions
+
+        bench_sessions(args)
+    elif args.bench == "browser":
+        from cli.browser_bench import bench_browser
+
+        bench_browser(args)

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.bench_models import add_models_parser
 
     add_models_parser(bench_kinds)
+    from cli.churn_bench import add_sessions_parser
+
+    add_sessions_parser(bench_kinds)
+    from cli.browser_bench import add_browser_parser
+
+    add_browser_parser(bench_kinds)
 
     from cli.serve import add_serve_parser
 

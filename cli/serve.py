@@ -86,6 +86,9 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--metrics-per-session", action=argparse.BooleanOptionalAction, default=None,
                        help="also export per-session series (label session=<id>) on /metrics; off by default, "
                             "as every session ever seen would stay a series")
+    serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                       help="event loop uvicorn runs the server on: auto (default: uvloop when it is installed, "
+                            "else asyncio), asyncio or uvloop")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve
@@ -106,6 +109,11 @@ def _check(args: argparse.Namespace) -> None:
         check_render_processes(args.render_processes)
     if args.max_sessions is not None and not 1 <= args.max_sessions <= 1000:
         raise BadInputError(f"--max-sessions must be between 1 and 1000, got {args.max_sessions}")
+    if args.loop == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise BadInputError("--loop uvloop: uvloop is not installed (pip install uvloop)")
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -146,7 +154,7 @@ def run_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, ws="websockets-sansio",
-                            log_level=args.log_level, lifespan="on")
+                            loop=args.loop, log_level=args.log_level, lifespan="on")
     server = uvicorn.Server(config)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if ":" in shown:

@@ -227,7 +227,7 @@ HELP = {
                   "--expressiveness", "--motion", "--motion-backend", "--keep-framing", "--contact-sheet", "--quiet"],
     ("motion",): ["audio", "-o", "--output", "--fps", "--seed", "--head-motion", "--expressiveness", "--motion",
                   "--motion-backend"],
-    ("bench",): ["render", "stream", "soak", "models"],
+    ("bench",): ["render", "stream", "soak", "models", "sessions", "browser"],
     ("bench", "render"): ["--size", "--seconds", "--runs", "--motion"],
 }
 
