@@ -84,3 +84,7 @@ def run_bench(args: argparse.Namespace) -> None:
         from cli.stream_bench import run_stream_bench
 
         run_stream_bench(args)
+    elif args.bench == "avsync":
+        from cli.avsync import run_avsync_bench
+
+        run_avsync_bench(args)

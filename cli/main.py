@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.bench_models import add_models_parser
 
     add_models_parser(bench_kinds)
+    from cli.avsync import add_avsync_parser
+
+    add_avsync_parser(bench_kinds)
 
     from cli.serve import add_serve_parser
 
