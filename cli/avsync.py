@@ -8,11 +8,17 @@ irregularly spaced vowel-like bursts in silence, so the mouth opens and shuts on
 What the viewer sees: a ``requestVideoFrameCallback`` probe draws every presented frame's
 mouth box into a canvas and records its mean darkness (an open mouth shows its dark cavity)
 at ``expectedDisplayTime``, the compositor's display time on the page's ``performance.now()``
-clock. What the viewer hears: the page's ``<video>`` is muted and the remote audio track plays
-through WebAudio instead (MediaStreamAudioSourceNode -> an AudioWorklet -> the speakers); the
-worklet records each 128-sample render quantum's energy at its context frame, and
-``AudioContext.getOutputTimestamp()`` maps context time to the ``performance.now()`` at which
-the output device plays it, so the audio series includes the output latency.
+clock. What the viewer hears (the headline figure): the voice the ``<video>`` element plays.
+``getSynchronizationSources()`` on the audio receiver, polled every 2 ms, gives the RTP
+timestamp Chromium last handed to playout and when; plus the output device's delay as
+Chromium reports it (``media-playout`` stats), that is when it is heard. The RTP timestamp
+minus the sender's random origin (read from aiortc's sender on the server) is the session's
+sample count, so the voice the server sent is placed on the page's clock sample by sample.
+A second figure taps the same track through WebAudio (MediaStreamAudioSourceNode -> an
+AudioWorklet; ``getOutputTimestamp()`` maps each render quantum to when the speakers play it),
+as an app that records or processes the voice in WebAudio hears it: that path buffers the
+voice ~20-30 ms more than the element does. (The probe mutes the element, whose sound a muted
+element still pulls from the receiver, so that what plays is the WebAudio graph.)
 
 The offset is the lag that best aligns the two series (cross-correlation of mouth darkness
 with the voice envelope on a 1 ms grid), minus the same lag measured on the source: the
@@ -21,7 +27,8 @@ each frame shown for its 40 ms slot with its own 1920 voice samples. The source 
 motion model's own response (its mouth follows loudness with a short attack), so the
 difference is what transport and browser add. Positive: the mouth lags the voice; negative:
 the mouth leads it. Only the part after ``SETTLE_S`` counts: Chromium aligns the streams from
-the RTCP sender reports, of which aiortc sends one per stream every 0.5-1.5 s.
+the RTCP sender reports, of which aiortc sends one per stream every 0.5-1.5 s, and its audio
+jitter buffer takes seconds to shrink after a loaded start.
 """
 
 from __future__ import annotations
@@ -50,14 +57,14 @@ WS_RATE = 16_000  # what the demo page sends
 OUT_RATE = 48_000  # the session's voice out
 FPS = 25
 LEAD_S = 1.5  # silence first: session set-up and WebRTC connect happen in it
-SETTLE_S = 6.0  # of the session: the part before is left out (sender reports, jitter buffers)
+SETTLE_S = 10.0  # of the session: the part before is left out (sender reports, jitter buffers settle)
 MAX_LAG_MS = 300
 QUANTUM = 128  # WebAudio's render quantum
 
 # Runs in the page, before the demo starts a session: taps the remote tracks as they arrive.
 PROBE_JS = r"""
 (box) => {
-  const probe = window.__avsync = { box, video: [], audio: [], clock: [], ready: false, error: null,
+  const probe = window.__avsync = { box, video: [], audio: [], clock: [], ssrc: [], ready: false, error: null,
                                     outputLatency: null, baseLatency: null };
   const worklet = `class Energy extends AudioWorkletProcessor {
       constructor() { super(); this.batch = []; }
@@ -113,7 +120,14 @@ PROBE_JS = r"""
   window.RTCPeerConnection = function (...args) {
     const pc = new Original(...args);
     pc.addEventListener('track', (event) => {
-      if (event.track.kind === 'audio') start(event.track);
+      if (event.track.kind === 'audio') {
+        start(event.track);
+        let last = null;
+        probe.ssrcTimer = setInterval(() => {
+          const s = event.receiver.getSynchronizationSources()[0];
+          if (s && s.rtpTimestamp !== last) { last = s.rtpTimestamp; probe.ssrc.push([performance.now(), s.timestamp, s.rtpTimestamp]); }
+        }, 2);
+      }
       else video.requestVideoFrameCallback(onFrame);
     });
     return pc;
@@ -214,6 +228,7 @@ class SourceSink:
         self.box = box
         self.frames: list[tuple[int, float]] = []
         self.audio: dict[int, np.ndarray] = {}
+        self.rtp_origin: int | None = None
 
     def put_frame(self, frame: Any) -> None:
         self.audio[frame.index] = np.asarray(frame.audio, np.int16).reshape(-1).copy()
@@ -223,14 +238,34 @@ class SourceSink:
             self.frames.append((frame.index, float(255 - (crop @ np.array([0.299, 0.587, 0.114], np.float32)).mean())))
 
 
+async def _watch_audio_origin(live: Any, sink: "SourceSink") -> None:
+    """Learn the audio sender's RTP timestamp origin (aiortc picks it at random): wraps the
+    audio track's ``recv`` so that, when the sender asks for the next packet, the previous
+    one's pts and the RTP timestamp it was sent with are both known."""
+    sender = next(s for s in live.peer.getSenders() if s.track is not None and s.track.kind == "audio")
+    track, recv = sender.track, sender.track.recv
+    last: list[int] = []
+
+    async def watched() -> Any:
+        if last and sink.rtp_origin is None:
+            sink.rtp_origin = (sender._RTCRtpSender__rtp_timestamp - last[0]) % 2**32
+        packet = await recv()
+        last[:] = [int(packet.pts)]
+        return packet
+
+    track.recv = watched
+
+
 @dataclass
 class AvSyncResult:
-    offset_ms: float  # browser lag - source lag; > 0: the mouth lags the voice
-    browser_lag_ms: float
+    """Offsets in ms, the mouth's lag behind the voice (> 0: the mouth lags, < 0: it leads),
+    net of the motion model's own lag on the source."""
+
+    offset_ms: float  # as the page's <video> plays it: what the viewer sees and hears
+    halves_ms: tuple[float, float]  # offset_ms over the first and the second half of the window
+    webaudio_offset_ms: float  # the voice as a WebAudio graph hears it (MediaStreamAudioSourceNode)
     source_lag_ms: float
-    browser_corr: float
-    source_corr: float
-    halves_ms: tuple[float, float]  # the offset over the first and second half of the window
+    correlation: float  # of the element-path alignment; the source's is in details
     frames: int
     details: dict = field(default_factory=dict)
 
@@ -239,11 +274,18 @@ def _source_lag(sink: SourceSink, start_index: int, stop_index: int) -> tuple[fl
     idx = np.array([i for i, _ in sink.frames if start_index <= i < stop_index])
     dark = np.array([d for i, d in sink.frames if start_index <= i < stop_index])
     first, last = int(idx.min()), int(idx.max())
+    audio_t, energy = _source_energy(sink, first, last)
+    return best_lag_ms(idx * 1000.0 / FPS, dark, audio_t / 48, energy,
+                       (first * 1000 / FPS + MAX_LAG_MS, (last + 1) * 1000 / FPS - MAX_LAG_MS))
+
+
+def _source_energy(sink: SourceSink, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """The voice of frames ``first..last`` as the server sent it: each quantum's first sample
+    (48 kHz, the session's sample count) and its mean energy."""
     voice = np.concatenate([sink.audio.get(i, np.zeros(OUT_RATE // FPS, np.int16)) for i in range(first, last + 1)])
     voice = voice[: len(voice) // QUANTUM * QUANTUM].astype(np.float64) / 32768
     energy = (voice.reshape(-1, QUANTUM) ** 2).mean(1)
-    audio_t = (first * (OUT_RATE // FPS) + np.arange(len(energy)) * QUANTUM) * 1000 / OUT_RATE
-    return best_lag_ms(idx * 1000.0 / FPS, dark, audio_t, energy, (first * 1000 / FPS + MAX_LAG_MS, (last + 1) * 1000 / FPS - MAX_LAG_MS))
+    return first * (OUT_RATE // FPS) + np.arange(len(energy), dtype=np.float64) * QUANTUM, energy
 
 
 def measure_avsync(server: Any, seconds: float = 20.0, seed: int = 0, headless: bool = True) -> AvSyncResult:
@@ -271,14 +313,15 @@ def measure_avsync(server: Any, seconds: float = 20.0, seed: int = 0, headless: 
             live = registry.get(session_id)
             server.loop.call_soon_threadsafe(live.add_sink, sink)
             page.wait_for_function("window.__avsync.ready || window.__avsync.error", timeout=15_000)
+            server.call(_watch_audio_origin(live, sink))
             if page.evaluate("window.__avsync.error"):
                 raise RuntimeError(f"audio probe failed: {page.evaluate('window.__avsync.error')}")
             page.wait_for_function("window.emolive.state.events.some(e => e.type === 'playback_finished')",
                                    timeout=int((seconds + 15) * 1000))
             time.sleep(1.0)  # the last burst's frames and voice reach the screen and speakers
             stats = page.evaluate(STATS_JS)
-            probe = page.evaluate("""() => { const p = window.__avsync; clearInterval(p.timer);
-                return { video: p.video, audio: p.audio, clock: p.clock, outputLatency: p.outputLatency,
+            probe = page.evaluate("""() => { const p = window.__avsync; clearInterval(p.timer); clearInterval(p.ssrcTimer);
+                return { video: p.video, audio: p.audio, clock: p.clock, ssrc: p.ssrc, timeOrigin: performance.timeOrigin, outputLatency: p.outputLatency,
                          baseLatency: p.baseLatency, sampleRate: p.ctx.sampleRate,
                          t0: window.emolive.state.t0 }; }""")
             server.loop.call_soon_threadsafe(live.remove_sink, sink)
@@ -292,37 +335,59 @@ def analyse(probe: dict, sink: SourceSink, stats: dict, seconds: float) -> AvSyn
     video = np.array(probe["video"], np.float64)
     audio = np.array(probe["audio"], np.float64)
     clock = np.array(probe["clock"], np.float64)
-    if len(video) < 50 or len(audio) < 1000 or len(clock) < 10:
-        raise RuntimeError(f"too little measured: {len(video)} frames, {len(audio)} audio quanta, {len(clock)} clock reads")
-    rate = probe["sampleRate"]
-    # context seconds -> performance.now() ms at the speakers; the median of the reads, robust
-    # to the odd late timer.
-    clock_offset = float(np.median(clock[:, 1] - clock[:, 0] * 1000))
-    audio_t = audio[:, 0] * 1000 / rate + clock_offset
-    order = np.argsort(video[:, 0])
-    video = video[order]
+    ssrc = np.array(probe["ssrc"], np.float64)
+    if len(video) < 50 or len(audio) < 1000 or len(clock) < 10 or len(ssrc) < 100 or sink.rtp_origin is None:
+        raise RuntimeError(f"too little measured: {len(video)} frames, {len(audio)} audio quanta, {len(clock)} "
+                           f"clock reads, {len(ssrc)} RTP playout reads, RTP origin {sink.rtp_origin}")
+    video = video[np.argsort(video[:, 0])]
     t0 = probe["t0"]  # performance.now() when the page began streaming the voice
-    lo = max(t0 + SETTLE_S * 1000, video[0, 0], audio_t[0]) + MAX_LAG_MS
-    hi = min(t0 + seconds * 1000, video[-1, 0], audio_t[-1]) - MAX_LAG_MS
+    lo = max(t0 + SETTLE_S * 1000, video[0, 0]) + MAX_LAG_MS
+    hi = min(t0 + seconds * 1000, video[-1, 0]) - MAX_LAG_MS
     if hi - lo < 4000:
         raise RuntimeError(f"measured window too short: {hi - lo:.0f} ms")
-    browser_lag, browser_corr = best_lag_ms(video[:, 0], video[:, 1], audio_t, audio[:, 1], (lo, hi))
-    mid = (lo + hi) / 2
-    halves = tuple(best_lag_ms(video[:, 0], video[:, 1], audio_t, audio[:, 1], span)[0] for span in ((lo, mid), (mid, hi)))
     indices = [i for i, _ in sink.frames]
-    # The source window: the same share of the session (frame index 0 is the session's start,
-    # a few hundred ms before the page's t0; the model's lag does not depend on where).
+    # The source window: the same part of the session (frame 0 is the session's start, a few
+    # hundred ms before the page's t0; the model's lag does not depend on where).
     source_lag, source_corr = _source_lag(sink, int(SETTLE_S * FPS), max(indices) + 1)
+
+    # The <video> element's voice: the RTP timestamp the receiver last handed to playout, at
+    # the time it did (getSynchronizationSources), plus the output device's delay as Chromium
+    # reports it (media-playout stats); RTP timestamp - the sender's origin = the session's
+    # sample count, so the voice the server sent is placed on the page's clock.
     playout = stats.get("playout", {})
+    device_ms = _per(playout, "totalPlayoutDelay", "totalSamplesCount")
+    device_ms = 0.0 if math.isnan(device_ms) else device_ms
+    samples = np.unwrap((ssrc[:, 2] - sink.rtp_origin) % 2**32, period=2**32)
+    heard = ssrc[:, 1] - probe["timeOrigin"] + device_ms  # the SSRC timestamp is epoch ms
+    # Heard time of sample 0: smoothed, since a 10 ms playout pull names the 20 ms packet it
+    # came from, whichever half of it played.
+    window = 25
+    base = np.median(np.lib.stride_tricks.sliding_window_view(
+        np.pad(heard - samples / 48, window // 2, mode="edge"), window), axis=1)
+    order = np.argsort(samples)
+    sent_at, energy = _source_energy(sink, min(sink.audio), max(sink.audio))
+    element_t = sent_at / 48 + np.interp(sent_at, samples[order], base[order])
+    element_lag, element_corr = best_lag_ms(video[:, 0], video[:, 1], element_t, energy, (lo, hi))
+    mid = (lo + hi) / 2
+    halves = tuple(best_lag_ms(video[:, 0], video[:, 1], element_t, energy, span)[0] - source_lag
+                   for span in ((lo, mid), (mid, hi)))
+
+    # The WebAudio graph's voice: each render quantum at the time getOutputTimestamp() says the
+    # speakers play it (the median of the reads: robust to the odd late timer).
+    clock_offset = float(np.median(clock[:, 1] - clock[:, 0] * 1000))
+    webaudio_t = audio[:, 0] * 1000 / probe["sampleRate"] + clock_offset
+    webaudio_lag, _ = best_lag_ms(video[:, 0], video[:, 1], webaudio_t, audio[:, 1],
+                                  (max(lo, webaudio_t[0] + MAX_LAG_MS), min(hi, webaudio_t[-1] - MAX_LAG_MS)))
     details = {
-        "output_latency_ms": 1000 * (probe["outputLatency"] or 0), "base_latency_ms": 1000 * (probe["baseLatency"] or 0),
+        "source_correlation": source_corr,
         "audio_jitter_buffer_ms": _per(stats.get("audio", {}), "jitterBufferDelay", "jitterBufferEmittedCount"),
         "video_jitter_buffer_ms": _per(stats.get("video", {}), "jitterBufferDelay", "jitterBufferEmittedCount"),
-        "audio_playout_delay_ms": _per(playout, "totalPlayoutDelay", "totalSamplesCount"),
+        "audio_device_delay_ms": device_ms,
+        "webaudio_output_latency_ms": 1000 * (probe["outputLatency"] or 0),
         "chromium_estimated_playout_diff_ms": _playout_diff(stats),
     }
-    return AvSyncResult(browser_lag - source_lag, browser_lag, source_lag, browser_corr, source_corr,
-                        (halves[0] - source_lag, halves[1] - source_lag), len(video), details)
+    return AvSyncResult(element_lag - source_lag, halves, webaudio_lag - source_lag, source_lag, element_corr,
+                        len(video), details)
 
 
 def _per(stats: dict, total: str, count: str) -> float:
@@ -349,7 +414,8 @@ def add_avsync_parser(kinds: Any) -> None:
                     "the runs; > 0: the mouth lags the voice), after subtracting the motion model's own lag "
                     "measured on the frames the server sends.")
     parser.add_argument("--runs", type=int, default=3, help="sessions, one after another (default: 3)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each session's voice (default: 20)")
+    parser.add_argument("--seconds", type=float, default=20.0, help=f"length of each session's voice; the first {SETTLE_S:.0f} s are left out (default: 20, least: "
+                             f"{SETTLE_S + 6:.0f})")
     parser.add_argument("--motion", choices=MOTION_MODELS, default="baseline",
                         help="the server's motion model (default: baseline, deterministic and always installed)")
     parser.add_argument("--workers", type=int, default=2, help="the server's compute threads (default: 2)")
@@ -364,6 +430,8 @@ def run_avsync_bench(args: argparse.Namespace) -> None:
     from server.config import Settings
     from server.testing import BackgroundServer
 
+    if args.seconds < SETTLE_S + 6:
+        raise SystemExit(f"--seconds must be at least {SETTLE_S + 6:.0f}: the first {SETTLE_S:.0f} s are left out")
     if not CHROMIUM.exists():
         raise SystemExit(f"{CHROMIUM} is not installed (Debian package chromium)")
     results = []
@@ -376,13 +444,16 @@ def run_avsync_bench(args: argparse.Namespace) -> None:
                 results.append(r)
                 d = r.details
                 print(f"run {run + 1}/{args.runs}: offset {r.offset_ms:+.0f} ms (halves {r.halves_ms[0]:+.0f} / "
-                      f"{r.halves_ms[1]:+.0f}; browser lag {r.browser_lag_ms:+.0f} ms r={r.browser_corr:.2f}, source "
-                      f"lag {r.source_lag_ms:+.0f} ms r={r.source_corr:.2f}; {r.frames} frames; jitter buffers audio "
-                      f"{d['audio_jitter_buffer_ms']:.0f} / video {d['video_jitter_buffer_ms']:.0f} ms; output latency "
-                      f"{d['output_latency_ms']:.0f} ms)", flush=True)
+                      f"{r.halves_ms[1]:+.0f}; r={r.correlation:.2f}; model's own lag {r.source_lag_ms:+.0f} ms); "
+                      f"through WebAudio {r.webaudio_offset_ms:+.0f} ms; {r.frames} frames shown; jitter buffers "
+                      f"audio {d['audio_jitter_buffer_ms']:.0f} / video {d['video_jitter_buffer_ms']:.0f} ms; audio "
+                      f"device {d['audio_device_delay_ms']:.0f} ms; Chromium's own estimate "
+                      f"{-d['chromium_estimated_playout_diff_ms']:+.0f} ms", flush=True)
     offsets = [r.offset_ms for r in results]
     spread = f"range {min(offsets):+.0f} to {max(offsets):+.0f} ms"
     if len(offsets) > 1:
         spread += f", stdev {statistics.stdev(offsets):.0f} ms"
+    webaudio = statistics.median(r.webaudio_offset_ms for r in results)
     print(f"A/V offset in Chromium: median {statistics.median(offsets):+.0f} ms over {len(offsets)} runs of "
-          f"{args.seconds:.0f} s ({spread}; > 0: the mouth lags the voice)")
+          f"{args.seconds:.0f} s ({spread}; > 0: the mouth lags the voice); the voice tapped through WebAudio "
+          f"instead: median {webaudio:+.0f} ms; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
