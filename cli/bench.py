@@ -92,3 +92,7 @@ def run_bench(args: argparse.Namespace) -> None:
         from cli.browser_bench import bench_browser
 
         bench_browser(args)
+    elif args.bench == "avsync":
+        from cli.avsync import run_avsync_bench
+
+        run_avsync_bench(args)

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.browser_bench import add_browser_parser
 
     add_browser_parser(bench_kinds)
+    from cli.avsync import add_avsync_parser
+
+    add_avsync_parser(bench_kinds)
 
     from cli.serve import add_serve_parser
 
