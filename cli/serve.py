@@ -21,7 +21,16 @@ Every option can also be set by an environment variable (the flag wins): EMOLIVE
 EMOLIVE_PORT, EMOLIVE_WORKERS, EMOLIVE_RENDER_PROCESSES, EMOLIVE_MAX_SESSIONS, EMOLIVE_ICE_LOOPBACK=1,
 EMOLIVE_DATA_DIR, EMOLIVE_ICE_SERVERS (comma-separated stun:/turn: URLs),
 EMOLIVE_MOTION, EMOLIVE_MOTION_BACKEND, EMOLIVE_MOTION_BATCHING=0|1,
-EMOLIVE_MOTION_BATCH_WINDOW_MS, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S.
+EMOLIVE_MOTION_BATCH_WINDOW_MS, EMOLIVE_IDLE_TIMEOUT_S, EMOLIVE_DETACH_GRACE_S,
+EMOLIVE_API_KEY, EMOLIVE_API_KEY_FILE, EMOLIVE_INSECURE_NO_API_KEY=1,
+EMOLIVE_ALLOWED_ORIGINS and EMOLIVE_ALLOWED_HOSTS (comma-separated).
+
+Security: with an API key, creating sessions and uploading, listing, getting or deleting
+avatars need it ('Authorization: Bearer <key>' or 'X-API-Key: <key>'); each session's own
+calls use the session's token. Listening on anything but a loopback address without a key
+is refused unless --insecure-no-api-key is given. Browser requests and WebSockets from other
+origins are refused (403) unless allowed with --allowed-origin; on a loopback address only
+the Host names localhost, 127.0.0.1 and [::1] are served (plus --allowed-host).
 """
 
 
@@ -59,6 +68,22 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--motion-batching", action=argparse.BooleanOptionalAction, default=None,
                        help="step the motion of all sessions that run a diffusion model together, one batched "
                             "denoiser call per tick (default: on); --no-motion-batching steps each session alone")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="require this key for creating sessions and for the avatar API "
+                            "(default: $EMOLIVE_API_KEY; none). Prefer --api-key-file or the environment: "
+                            "a command line is visible to every user of the machine")
+    serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                       help="read the API key from FILE, e.g. a Docker secret (default: $EMOLIVE_API_KEY_FILE)")
+    serve.add_argument("--insecure-no-api-key", action="store_true", default=None,
+                       help="allow listening on a non-loopback address without an API key: anyone who reaches "
+                            "the port can then start sessions and upload or delete avatars")
+    serve.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
+                       help="a browser origin (scheme://host[:port]) allowed to call the API and open session "
+                            "WebSockets besides the server's own; repeatable (default: $EMOLIVE_ALLOWED_ORIGINS)")
+    serve.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                       help="a Host header name the server answers to: on a loopback address, besides localhost, "
+                            "127.0.0.1 and [::1]; on other addresses, when given, the only ones; repeatable "
+                            "(default: $EMOLIVE_ALLOWED_HOSTS; none: any on non-loopback addresses)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve
@@ -87,7 +112,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.config import Settings
+    from server.config import Settings, read_api_key_file
 
     _check(args)
     if args.motion is not None:
@@ -98,13 +123,22 @@ def run_serve(args: argparse.Namespace) -> None:
         except ValueError as error:
             raise BadInputError(f"--motion: {error}") from None
     try:
+        api_key = args.api_key
+        if api_key is None and args.api_key_file is not None:
+            api_key = read_api_key_file(args.api_key_file)
         settings = Settings.from_env(host=args.host, port=args.port, workers=args.workers,
                                      render_processes=args.render_processes,
                                      max_sessions=args.max_sessions, ice_loopback=args.ice_loopback,
                                      data_dir=args.data_dir, motion=args.motion, motion_backend=args.motion_backend,
-                                     motion_batching=args.motion_batching)
+                                     motion_batching=args.motion_batching, api_key=api_key,
+                                     insecure_no_api_key=args.insecure_no_api_key,
+                                     allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
+                                     allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None)
     except ValueError as error:
         raise BadInputError(f"bad server setting: {error}") from None
+    if not settings.loopback and settings.api_key is None and not settings.insecure_no_api_key:
+        raise BadInputError(f"refusing to listen on {settings.host} without an API key: set EMOLIVE_API_KEY "
+                            "(or --api-key-file), or pass --insecure-no-api-key")
     from engine.motion.backends import unavailable_reason
 
     reason = unavailable_reason(settings.motion_backend)
