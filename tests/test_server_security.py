@@ -46,7 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServe
     stale = data_dir / "avatars" / ".upload-k1ll3d"
     stale.mkdir(parents=True)
     (stale / "half.png").write_bytes(b"\x89PNG" + bytes(1000))
-    settings = Settings(data_dir=data_dir, motion="baseline", render_processes=0, api_key=KEY, max_sessions=4)
+    settings = Settings(data_dir=data_dir, motion="baseline", render_processes=0, api_key=KEY, max_sessions=4,
+                        ice_loopback=True, detach_grace_s=0.5)
 
     async def boom() -> None:
         raise RuntimeError("a bug")
@@ -299,6 +300,34 @@ def test_tokens_are_redacted_from_the_access_log(server, http):
     assert any(f"/v1/sessions/{session['session_id']}?token=***" in line for line in lines), lines
     assert any("api_key=***" in line for line in lines), lines
     assert not any(session["token"] in line or KEY in line for line in lines), lines
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium is not installed")
+def test_demo_page_asks_for_the_key_and_then_works(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    args = ["--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            "--allow-loopback-in-peer-connection"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_selector("#api-key", state="visible", timeout=10_000)
+            assert "API key" in page.text_content("#status")
+            page.fill("#api-key", KEY)
+            page.dispatch_event("#api-key", "change")
+            page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+            assert page.eval_on_selector("#avatar-select", "s => s.value") == "default"
+            # Session (with the key), WebSocket and offer (with the session's token), all same-origin.
+            page.click("#start-mic")
+            page.wait_for_function("window.emolive.state.pc && window.emolive.state.pc.connectionState === 'connected'",
+                                   timeout=20_000)
+            assert page.evaluate("window.emolive.state.ws.readyState") == 1
+            page.click("#stop")
+            page.wait_for_function("window.emolive.state.session === null", timeout=5_000)
+        finally:
+            browser.close()
 
 
 def test_openapi_declares_security_and_errors(http):
