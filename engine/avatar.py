@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,7 +114,6 @@ def _decode(data: bytes, name: str) -> np.ndarray:
                         im.close()  # drops the full-size pixels now, not at the end of the block
                         rgb = _to_rgb(ImageOps.exif_transpose(small))
                     del small
-                    _release_freed_memory()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BadInputError(f"{name}: image is over {MAX_PIXELS // 1_000_000} megapixels")
         except BadInputError:
@@ -150,8 +150,8 @@ def _shrunk(im: Image.Image) -> Image.Image:
 
 
 def _release_freed_memory() -> None:
-    """Hand the heap freed by a big decode back to the OS (glibc keeps it otherwise, and a
-    server's resident size would stay at its peak)."""
+    """Hand the heap freed by a registration back to the OS: glibc keeps freed memory for
+    reuse, and a server's resident size would stay near its peak after a big portrait."""
     libc = ctypes.util.find_library("c")
     trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
     if trim is not None:  # glibc only
@@ -596,7 +596,13 @@ def register_avatar(
     if cached is not None:
         return cached
 
-    avatar = _register(_decode(data, path.name), path, content_hash, size, keep_framing, warn)
+    try:
+        avatar = _register(_decode(data, path.name), path, content_hash, size, keep_framing, warn)
+    except BadInputError as error:
+        traceback.clear_frames(error.__traceback__)  # its frames would keep the decoded image alive
+        raise
+    finally:
+        _release_freed_memory()
     try:
         _store(entry, avatar)
     except OSError as e:

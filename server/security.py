@@ -55,7 +55,7 @@ class RequestGuard:
         self.app = app
         self.settings = settings
         self.origins = {normalize_origin(o) for o in settings.allowed_origins}
-        self.hosts = {h.lower() for h in settings.allowed_hosts}
+        self.hosts = {_host_name(h) for h in settings.allowed_hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

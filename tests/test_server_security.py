@@ -274,6 +274,18 @@ def test_foreign_host_header_is_refused_on_loopback(http):
         assert http.get("/v1/avatars", headers={"Host": host, **AUTH}).status_code == 200, host
 
 
+def test_host_policy_off_loopback():
+    from server.security import RequestGuard
+
+    def allowed(host: str, **settings) -> bool:
+        return RequestGuard(None, Settings(host="0.0.0.0", **settings)).host_allowed(host)
+
+    assert allowed("evil.example") and allowed("10.0.0.5:8000")  # no list: any (documented)
+    assert allowed("Emolive.Example:443", allowed_hosts=("emolive.example:443",))
+    assert not allowed("evil.example", allowed_hosts=("emolive.example",))
+    assert not allowed("localhost", allowed_hosts=("emolive.example",))
+
+
 def test_tokens_are_redacted_from_the_access_log(server, http):
     records: list[logging.LogRecord] = []
 
@@ -282,22 +294,27 @@ def test_tokens_are_redacted_from_the_access_log(server, http):
             records.append(record)
 
     handler = Keep()
-    access = logging.getLogger("uvicorn.access")
-    level = access.level  # another server started by this module may have raised it
-    access.setLevel(logging.INFO)
-    access.addHandler(handler)
+    # The access log, and the error log where uvicorn writes WebSocket handshakes.
+    loggers = [logging.getLogger("uvicorn.access"), logging.getLogger("uvicorn.error")]
+    levels = [logger.level for logger in loggers]  # another server of this module may have raised them
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
     try:
         session = http.post("/v1/sessions", json={"video": False}, headers=AUTH).json()
         http.get(f"/v1/sessions/{session['session_id']}", params={"token": session["token"]})
         http.get("/v1/avatars", params={"api_key": KEY})
+        assert handshake(f"{server.ws_url}{session['ws_url']}?token={session['token']}") == 101
         deadline = time.monotonic() + 5
-        while len(records) < 3 and time.monotonic() < deadline:
+        while len(records) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        access.removeHandler(handler)
-        access.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
     lines = [record.getMessage() for record in records]
-    assert any(f"/v1/sessions/{session['session_id']}?token=***" in line for line in lines), lines
+    assert any(f"GET /v1/sessions/{session['session_id']}?token=*** " in line for line in lines), lines
+    assert any(f"WebSocket /v1/sessions/{session['session_id']}/ws?token=***" in line for line in lines), lines
     assert any("api_key=***" in line for line in lines), lines
     assert not any(session["token"] in line or KEY in line for line in lines), lines
 
