@@ -27,6 +27,14 @@ EMOLIVE_ICE_SERVERS (or --ice-servers) is a JSON list of RTCIceServer objects, e
   '[{"urls": "turn:turn.example.org:3478", "username": "u", "credential": "p"}]'
 or comma-separated stun: URLs. The server's peer connections use them (aiortc takes the first
 STUN and the first TURN URL), and POST /v1/sessions hands them to the session's client.
+
+Security: with an API key, creating sessions and uploading, listing, getting or deleting
+avatars need it ('Authorization: Bearer <key>' or 'X-API-Key: <key>'); each session's own
+calls use the session's token. Listening on anything but a loopback address without a key
+is refused unless --insecure-no-api-key is given. Browser requests and WebSockets from other
+origins are refused (403) unless allowed with --allowed-origin; on a loopback address only
+the Host names localhost, 127.0.0.1 and [::1] are served (plus --allowed-host).
+EMOLIVE_API_KEY_FILE (or --api-key-file) names a file holding the key (a Docker secret).
 """
 
 
@@ -89,6 +97,22 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                        help="event loop uvicorn runs the server on: auto (default: uvloop when it is installed, "
                             "else asyncio), asyncio or uvloop")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="require this key for creating sessions and for the avatar API "
+                            "(default: $EMOLIVE_API_KEY; none). Prefer --api-key-file or the environment: "
+                            "a command line is visible to every user of the machine")
+    serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                       help="read the API key from FILE, e.g. a Docker secret (default: $EMOLIVE_API_KEY_FILE)")
+    serve.add_argument("--insecure-no-api-key", action="store_true", default=None,
+                       help="allow listening on a non-loopback address without an API key: anyone who reaches "
+                            "the port can then start sessions and upload or delete avatars")
+    serve.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
+                       help="a browser origin (scheme://host[:port]) allowed to call the API and open session "
+                            "WebSockets besides the server's own; repeatable (default: $EMOLIVE_ALLOWED_ORIGINS)")
+    serve.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                       help="a Host header name the server answers to: on a loopback address, besides localhost, "
+                            "127.0.0.1 and [::1]; on other addresses, when given, the only ones; repeatable "
+                            "(default: $EMOLIVE_ALLOWED_HOSTS; none: any on non-loopback addresses)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default: info)")
     return serve
@@ -122,7 +146,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.config import Settings, parse_ice_servers
+    from server.config import Settings, parse_ice_servers, read_api_key_file
 
     _check(args)
     if args.motion is not None:
@@ -134,14 +158,23 @@ def run_serve(args: argparse.Namespace) -> None:
             raise BadInputError(f"--motion: {error}") from None
     try:
         ice_servers = None if args.ice_servers is None else parse_ice_servers(args.ice_servers)
+        api_key = args.api_key
+        if api_key is None and args.api_key_file is not None:
+            api_key = read_api_key_file(args.api_key_file)
         settings = Settings.from_env(host=args.host, port=args.port, workers=args.workers,
                                      render_processes=args.render_processes,
                                      max_sessions=args.max_sessions, ice_loopback=args.ice_loopback,
                                      ice_servers=ice_servers, data_dir=args.data_dir, motion=args.motion,
                                      motion_backend=args.motion_backend, motion_batching=args.motion_batching,
-                                     metrics_per_session=args.metrics_per_session)
+                                     metrics_per_session=args.metrics_per_session, api_key=api_key,
+                                     insecure_no_api_key=args.insecure_no_api_key,
+                                     allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
+                                     allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None)
     except ValueError as error:
         raise BadInputError(f"bad server setting: {error}") from None
+    if not settings.loopback and settings.api_key is None and not settings.insecure_no_api_key:
+        raise BadInputError(f"refusing to listen on {settings.host} without an API key: set EMOLIVE_API_KEY "
+                            "(or --api-key-file), or pass --insecure-no-api-key")
     from engine.motion.backends import unavailable_reason
 
     reason = unavailable_reason(settings.motion_backend)

@@ -23,12 +23,18 @@ function setStatus(text, kind = "ok") {
   el.dataset.state = kind === "error" ? "error" : text.split(" ")[0];
 }
 
+// A server started with an API key wants it on every call but a session's own (those take
+// the session's token): the page asks for it on the first 401 and keeps it for this tab.
+const API_KEY = "emolive-api-key";
+
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (state.session && path.startsWith("/v1/sessions/")) headers.Authorization = `Bearer ${state.session.token}`;
+  else if (sessionStorage.getItem(API_KEY)) headers["X-API-Key"] = sessionStorage.getItem(API_KEY);
   if (options.json !== undefined) { headers["Content-Type"] = "application/json"; options.body = JSON.stringify(options.json); }
   const response = await fetch(path, Object.assign({}, options, { headers }));
   if (response.status === 204) return null;
+  if ([401, 403].includes(response.status) && !headers.Authorization) $("api-key-field").hidden = false;
   const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
@@ -362,6 +368,11 @@ function captureStop() {
 
 // -- wiring ---------------------------------------------------------------------------
 
+$("api-key").addEventListener("change", (e) => {
+  sessionStorage.setItem(API_KEY, e.target.value.trim());
+  loadAvatars().then(() => { setStatus("idle"); document.body.dataset.ready = "1"; })
+    .catch((error) => setStatus(`cannot list avatars: ${error.message}`, "error"));
+});
 $("avatar-upload").addEventListener("change", (e) => { if (e.target.files[0]) uploadAvatar(e.target.files[0]).catch(() => {}); });
 $("audio-file").addEventListener("change", (e) => { $("start-file").disabled = !e.target.files[0]; });
 $("start-mic").addEventListener("click", () => startMic().catch(() => {}));

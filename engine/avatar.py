@@ -11,12 +11,16 @@ portrait is detected once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
+import math
 import os
 import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +35,9 @@ from engine.errors import BadInputError
 
 CACHE_VERSION = 1
 MAX_PIXELS = 40_000_000
+# Larger portraits are shrunk to this long side as they are decoded: the engine's frames are
+# at most 1024 px, so more pixels only cost memory (a 40 MP RGB image is 120 MB per copy).
+WORK_LONG_SIDE = 4096
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MIN_IMAGE_SIDE = 64
 MIN_FACE_PX = 48
@@ -49,6 +56,9 @@ CROP_MAX_SHIFT = 0.1
 # Phones' multi-picture JPEGs (MPO) come in through the JPEG decoder.
 _FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 _GREY = (128, 128, 128)
+# Portraits over WORK_LONG_SIDE are decoded one at a time: each holds its full-size pixels
+# until shrunk, and concurrent decodes (uploads, rigs built at new sizes) would add up.
+_BIG_DECODE = threading.Lock()
 
 Warn = Callable[[str], None]
 
@@ -95,8 +105,15 @@ def _decode(data: bytes, name: str) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data), formats=_FORMATS) as im:
-                _check_header(im.size, name)
-                rgb = _to_rgb(ImageOps.exif_transpose(im))
+                _check_header(im.size, name)  # Image.open read only the header
+                if max(im.size) <= WORK_LONG_SIDE:
+                    rgb = _to_rgb(ImageOps.exif_transpose(im))
+                else:
+                    with _BIG_DECODE:
+                        small = _shrunk(im)
+                        im.close()  # drops the full-size pixels now, not at the end of the block
+                        rgb = _to_rgb(ImageOps.exif_transpose(small))
+                    del small
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BadInputError(f"{name}: image is over {MAX_PIXELS // 1_000_000} megapixels")
         except BadInputError:
@@ -117,6 +134,28 @@ def _check_header(size: tuple[int, int], name: str) -> None:
         )
     if min(w, h) < MIN_IMAGE_SIDE:
         raise BadInputError(f"{name}: image is too small to hold a face ({w}x{h})")
+
+
+def _shrunk(im: Image.Image) -> Image.Image:
+    """A new image: ``im`` decoded with its long side at most WORK_LONG_SIDE, averaging
+    blocks of pixels. JPEGs decode at a reduced scale (Pillow's draft mode); other formats
+    decode at full size, and the caller closes ``im`` to free those pixels."""
+    factor = math.ceil(max(im.size) / WORK_LONG_SIDE)
+    im.draft(None, (im.width // factor, im.height // factor))
+    if im.mode in ("1", "P"):  # Pillow cannot average palette indices
+        im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+    elif im.mode.startswith("I;16"):  # nor reduce 16-bit greys
+        im = im.convert("I")
+    return im.reduce(math.ceil(max(im.size) / WORK_LONG_SIDE))
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap freed by a registration back to the OS: glibc keeps freed memory for
+    reuse, and a server's resident size would stay near its peak after a big portrait."""
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc only
+        trim(0)
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -557,7 +596,13 @@ def register_avatar(
     if cached is not None:
         return cached
 
-    avatar = _register(_decode(data, path.name), path, content_hash, size, keep_framing, warn)
+    try:
+        avatar = _register(_decode(data, path.name), path, content_hash, size, keep_framing, warn)
+    except BadInputError as error:
+        traceback.clear_frames(error.__traceback__)  # its frames would keep the decoded image alive
+        raise
+    finally:
+        _release_freed_memory()
     try:
         _store(entry, avatar)
     except OSError as e:

@@ -10,12 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, FastAPI, File, Request, UploadFile, WebSocket
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 import client_demo
 from engine.errors import BadInputError
@@ -26,8 +30,9 @@ from engine.session import share_cores_between_sessions
 from server.avatars import DEFAULT_ID, AvatarStore
 from server.config import Settings
 from server.docs import add_offline_docs
-from server.errors import ApiError, not_found
+from server.errors import ApiError, error_responses, not_found
 from server.metrics import Metrics
+from server.security import RequestGuard, api_key_dependency, redact_server_logs, session_bearer
 from server.sessions import LiveSession, SessionParams, SessionRegistry
 
 log = logging.getLogger("emolive.server")
@@ -44,7 +49,7 @@ class SessionRequest(BaseModel):
                                                  "sampling steps ('student:4'); default: the server's")
     head_motion: float = Field(1.0, ge=0.0, le=2.0, description="0 still, 1 natural, 2 lively")
     expressiveness: float = Field(1.0, ge=0.0, le=2.0, description="brows, cheeks, smiles: 0 flat .. 2 animated")
-    seed: int = Field(0, description="seed for blinks and head sway")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for blinks and head sway")
     video: bool = Field(True, description="render video; false: events and motion rows only")
 
 
@@ -74,22 +79,55 @@ class Offer(BaseModel):
     type: str = "offer"
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.query_params.get("token")
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "portrait: PNG, JPEG, WebP or BMP"}}}}}}}
+
+
+async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
+    """The name and bytes of multipart field 'file', at most ``limit`` bytes. The file part
+    is kept in memory (the route reads it whole anyway): Starlette's parser would otherwise
+    spool anything over 1 MB to a temporary file on disk."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "send the portrait as multipart form field 'file'")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
+    parser.spool_max_size = limit + 1
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        raise ApiError(400, f"malformed multipart body: {error.message}") from None
+    try:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise ApiError(400, "send the portrait as multipart form field 'file'")
+        data = await file.read(limit + 1)
+        name = file.filename or "upload"
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise ApiError(413, f"{name}: larger than {limit >> 20} MB")
+    if not data:
+        raise ApiError(400, f"{name}: empty file")
+    return name, data
+
+
+def session_token(request: Request, bearer: HTTPAuthorizationCredentials | None) -> str | None:
+    """A session call's token: ``Authorization: Bearer``, or ``?token=`` where headers cannot be set."""
+    return bearer.credentials if bearer else request.query_params.get("token")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     metrics = Metrics(per_session=settings.metrics_per_session)
-    store = AvatarStore(settings.data_dir, rig_cache_size=settings.rig_cache_size)
+    store = AvatarStore(settings.data_dir, rig_cache_size=settings.rig_cache_size, retry_after_s=settings.retry_after_s)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="emolive-engine")
     registry = SessionRegistry(settings, store, metrics, executor)
+    require_api_key = Depends(api_key_dependency(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        redact_server_logs()
         share_cores_between_sessions()
         if settings.render_processes:
             registry.render_workers = await asyncio.to_thread(RenderWorkers, settings.render_processes)
@@ -116,6 +154,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "over WebRTC, with events and ARKit motion rows over a WebSocket. "
                               "WebSocket protocol: see server/PROTOCOL.md.")
     app.state.settings, app.state.store, app.state.registry, app.state.metrics = settings, store, registry, metrics
+    # Outermost last: the guard refuses foreign hosts and origins and oversized bodies before
+    # CORS or any route sees the request.
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=False,
+                       allow_methods=["GET", "POST", "DELETE"],
+                       allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(RequestGuard, settings=settings)
 
     # -- errors: always {"error": "<one line>"} ---------------------------------------------
 
@@ -140,8 +184,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
         return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
 
-    def session_auth(session_id: str, request: Request) -> LiveSession:
-        return registry.authorize(session_id, _bearer(request))
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Starlette re-raises the error after this response, and uvicorn logs its traceback.
+        return JSONResponse({"error": f"internal server error ({type(error).__name__}); see the server log"},
+                            status_code=500)
+
+    def session_auth(session_id: str, request: Request,
+                     bearer: HTTPAuthorizationCredentials | None = Depends(session_bearer)) -> LiveSession:
+        return registry.authorize(session_id, session_token(request, bearer))
 
     # -- health and metrics ---------------------------------------------------------------
 
@@ -156,31 +207,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- avatars --------------------------------------------------------------------------
 
-    @app.post("/v1/avatars", status_code=201, tags=["avatars"])
-    async def upload_avatar(file: UploadFile | None = File(None, description="portrait: PNG, JPEG, WebP or BMP")) -> dict:
-        if file is None:
-            raise ApiError(400, "send the portrait as multipart form field 'file'")
-        data = await file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ApiError(413, f"{file.filename}: larger than {settings.max_upload_bytes >> 20} MB")
-        if not data:
-            raise ApiError(400, f"{file.filename or 'upload'}: empty file")
-        info = await store.add_async(data, file.filename or "upload")
+    @app.post("/v1/avatars", status_code=201, tags=["avatars"], dependencies=[require_api_key],
+              responses=error_responses(400, 401, 403, 413, 503), openapi_extra=UPLOAD_BODY)
+    async def upload_avatar(request: Request) -> dict:
+        name, data = await _read_upload(request, settings.max_upload_bytes)
+        info = await store.add_async(data, name)
         metrics.avatars.set(len(store.list()))
         return info.to_json()
 
-    @app.get("/v1/avatars", tags=["avatars"])
+    @app.get("/v1/avatars", tags=["avatars"], dependencies=[require_api_key], responses=error_responses(401, 403))
     async def list_avatars() -> dict:
         return {"avatars": [info.to_json() for info in store.list()]}
 
-    @app.get("/v1/avatars/{avatar_id}", tags=["avatars"])
+    @app.get("/v1/avatars/{avatar_id}", tags=["avatars"], dependencies=[require_api_key],
+             responses=error_responses(401, 403, 404))
     async def get_avatar(avatar_id: str) -> dict:
         info = store.get(avatar_id)
         if info is None:
             raise not_found(f"avatar {avatar_id!r}")
         return info.to_json()
 
-    @app.delete("/v1/avatars/{avatar_id}", status_code=204, tags=["avatars"])
+    @app.delete("/v1/avatars/{avatar_id}", status_code=204, tags=["avatars"], dependencies=[require_api_key],
+                responses=error_responses(401, 403, 404))
     async def delete_avatar(avatar_id: str) -> Response:
         try:
             removed = await asyncio.to_thread(store.delete, avatar_id)
@@ -193,7 +241,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- sessions -------------------------------------------------------------------------
 
-    @app.post("/v1/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"])
+    @app.post("/v1/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"],
+              dependencies=[require_api_key], responses=error_responses(401, 403, 404, 413, 422, 503))
     async def create_session(request: SessionRequest | None = None) -> SessionCreated:
         request = request or SessionRequest()
         fields = request.model_dump()
@@ -209,17 +258,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               offer_url=f"{base}/offer", ws_url=f"{base}/ws",
                               ice_servers=[IceServerInfo(**server.to_json()) for server in settings.ice_servers])
 
-    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
-    async def get_session(session_id: str, request: Request) -> dict:
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"], responses=error_responses(401, 403, 404))
+    async def get_session(session_id: str, request: Request,
+                          bearer: HTTPAuthorizationCredentials | None = Depends(session_bearer)) -> dict:
         """A live session's state, or (for 10 minutes) an ended one's last state and why it ended."""
-        return registry.describe(session_id, _bearer(request))
+        return registry.describe(session_id, session_token(request, bearer))
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"])
+    @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"],
+                responses=error_responses(401, 403, 404))
     async def delete_session(live: LiveSession = Depends(session_auth)) -> Response:
         await registry.close(live.id, "deleted by the client")
         return Response(status_code=204)
 
-    @app.post("/v1/sessions/{session_id}/offer", tags=["sessions"])
+    @app.post("/v1/sessions/{session_id}/offer", tags=["sessions"],
+              responses=error_responses(400, 401, 403, 404, 413, 422))
     async def offer(body: Offer, live: LiveSession = Depends(session_auth)) -> dict:
         from server.webrtc import answer_offer
 

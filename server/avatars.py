@@ -4,6 +4,9 @@ Layout under ``<data_dir>/avatars/<id>/``: ``portrait.<ext>`` (the uploaded byte
 and ``meta.json``. The id is derived from the file's content, so uploading the same portrait
 twice gives the same avatar. The engine's registration cache lives in ``<data_dir>/cache``.
 The bundled portrait is always present as ``default`` and cannot be deleted.
+
+Registrations run one at a time (decoding a large portrait takes memory in proportion to its
+pixels); a few more wait their turn, and uploads beyond those are refused with 503.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ from engine.avatar import register_avatar
 from engine.errors import BadInputError
 from engine.offline import DEFAULT_PORTRAIT
 from engine.rig import Rig, build_rig
+from server.errors import ApiError
 
 DEFAULT_ID = "default"
 REGISTER_SIZE = 512
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+_UPLOAD_PREFIX = ".upload-"
+# Registrations at once, and uploads that may wait for one before 503.
+REGISTER_SLOTS = 1
+REGISTER_QUEUE = 4
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class AvatarStore:
     """Thread-safe avatar catalogue; blocking work is done by callers in worker threads
     (the ``*_async`` methods do that for the event loop)."""
 
-    def __init__(self, data_dir: Path, rig_cache_size: int = 8) -> None:
+    def __init__(self, data_dir: Path, rig_cache_size: int = 8, retry_after_s: int = 5) -> None:
         self.root = Path(data_dir) / "avatars"
         self.cache_dir = Path(data_dir) / "cache"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -59,9 +67,18 @@ class AvatarStore:
         self._rig_cache_size = max(1, rig_cache_size)
         self._building: dict[tuple[str, int], threading.Lock] = {}
         self._sources[DEFAULT_ID] = DEFAULT_PORTRAIT
+        self._registering = asyncio.Semaphore(REGISTER_SLOTS)
+        self._waiting = 0
+        self._retry_after_s = retry_after_s
+        self._remove_stale_uploads()
         self._load()
 
     # -- catalogue -----------------------------------------------------------------------
+
+    def _remove_stale_uploads(self) -> None:
+        """Temporary folders of registrations a crash or kill interrupted."""
+        for stale in self.root.glob(f"{_UPLOAD_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def _load(self) -> None:
         for meta in sorted(self.root.glob("*/meta.json")):
@@ -128,7 +145,7 @@ class AvatarStore:
         with self._lock:
             if avatar_id in self._infos:
                 return self._infos[avatar_id]
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=".upload-") as tmp:
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=_UPLOAD_PREFIX) as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
             avatar = register_avatar(path, size=REGISTER_SIZE, cache_dir=self.cache_dir, warn=lambda _m: None)
@@ -147,7 +164,20 @@ class AvatarStore:
         return info
 
     async def add_async(self, data: bytes, filename: str) -> AvatarInfo:
-        return await asyncio.to_thread(self.add, data, filename)
+        """:meth:`add` in a worker thread, REGISTER_SLOTS at a time; 503 when REGISTER_QUEUE
+        uploads already wait (they would hold their bytes in memory meanwhile)."""
+        if self._registering.locked() and self._waiting >= REGISTER_QUEUE:
+            raise ApiError(503, "too many portraits are being registered; retry later",
+                           {"Retry-After": str(self._retry_after_s)})
+        self._waiting += 1
+        try:
+            await self._registering.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await asyncio.to_thread(self.add, data, filename)
+        finally:
+            self._registering.release()
 
     # -- rigs ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine.motion.backends import check_backend
 from engine.motion.registry import LIVE_MOTION_MODEL
@@ -152,6 +153,18 @@ class Settings:
     motion_batching: bool = True
     # How long a tick's batch waits for the steps of sessions that are late to it.
     motion_batch_window_ms: float = 5.0
+    # Request bodies other than avatar uploads (session options, SDP offers) are JSON this small.
+    max_json_bytes: int = 256 * 1024
+    # Needed to create sessions and to upload, list, get and delete avatars (Bearer or
+    # X-API-Key); None: no key. EMOLIVE_API_KEY_FILE names a file holding it (Docker secrets).
+    api_key: str | None = field(default=None, repr=False)
+    # Listening on a non-loopback address without an API key is refused unless this is set.
+    insecure_no_api_key: bool = False
+    # Browser origins ("https://app.example") allowed besides the server's own.
+    allowed_origins: tuple[str, ...] = ()
+    # Host header values (host names, no port) accepted besides the loopback names on a
+    # loopback server; on any other address, when set, the only ones accepted.
+    allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -165,6 +178,9 @@ class Settings:
                 values[f.name] = _parse(f.name, raw)
             except ValueError as error:
                 raise ValueError(f"EMOLIVE_{f.name.upper()}: {error}") from None
+        key_file = os.environ.get("EMOLIVE_API_KEY_FILE")
+        if key_file and "api_key" not in values:
+            values["api_key"] = read_api_key_file(Path(key_file))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -190,6 +206,52 @@ class Settings:
         check_backend(self.motion_backend)
         if not 0.0 <= self.motion_batch_window_ms <= 40.0:
             raise ValueError(f"motion_batch_window_ms must be between 0 and 40, got {self.motion_batch_window_ms}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")
+        for origin in self.allowed_origins:
+            if normalize_origin(origin) is None:
+                raise ValueError(f"allowed origin {origin!r} is not scheme://host[:port]")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server listens on a loopback address only."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; not 0.0.0.0, :: or any other name or address."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host:port`` with the default port filled in and case folded; None if
+    ``origin`` is not an http(s) origin (``null``, a path, another scheme)."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def read_api_key_file(path: Path) -> str:
+    """The API key in ``path`` (surrounding whitespace dropped), as Docker secrets store it."""
+    try:
+        key = path.read_text().strip()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the API key file ({error.strerror})") from None
+    if not key:
+        raise ValueError(f"{path}: the API key file is empty")
+    return key
 
 
 def _parse(name: str, raw: str):
