@@ -314,6 +314,33 @@ def test_a_second_offer_replaces_the_peer_and_the_session_goes_on(server):
     assert gone_within(server, session["session_id"], 5.0) is not None
 
 
+def test_a_killed_render_worker_freezes_the_video_for_a_moment_only(server):
+    """SIGKILL the render process of a live WebRTC session: the session is not failed, and
+    the peer decodes frames again (a new VP8 stream from a keyframe) within a second or so."""
+    import os
+    import signal
+
+    session = new_session(server)
+    live = server.app.state.registry.get(session["session_id"])
+
+    async def scenario() -> tuple[int, int]:
+        peer = Peer()
+        await peer.connect(server, session)
+        await peer.wait(lambda: len(peer.video) >= 25, timeout=10)
+        os.kill(live.engine._renderer._worker.process.pid, signal.SIGKILL)
+        killed = len(peer.video)
+        await asyncio.sleep(3.0)
+        after_kill = len(peer.video) - killed
+        await asyncio.sleep(2.0)
+        last_two_seconds = len(peer.video) - killed - after_kill
+        await peer.close()
+        return after_kill, last_two_seconds
+
+    after_kill, last_two_seconds = run(scenario())
+    assert not live.failure, live.failed
+    assert after_kill >= 40 and last_two_seconds >= 40, (after_kill, last_two_seconds)
+
+
 CLIENT = r"""
 import asyncio, sys, httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
