@@ -15,8 +15,9 @@ beside it.
 
 ``--kill-render-worker``: two sessions stream; the bench SIGKILLs one render worker process of
 the server (its ``multiprocessing`` spawn children) and reports, per session, how long after
-the kill the page presents frames again (after a freeze; 0 when it never froze), or that it
-did not within the watch window.
+the kill Chromium decodes frames again (after a freeze; 0 when it never froze), or that it
+did not within the watch window. Its decoder count is polled: requestVideoFrameCallback stops
+firing for a page that is not in front.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class KillResult:
     workers_before: list[int]
     workers_after: list[int]
     recovery_s: list[float]  # per session; NaN: no frames again within the watch
+    decoded: list[int]  # per session: frames Chromium decoded during the watch
     statuses: list[str]
     server_errors: list[str]
 
@@ -202,36 +204,39 @@ def _kill_render_worker(browser, server: ServerProcess, wav_b64: str) -> KillRes
         if not workers:
             raise RuntimeError("the server has no render worker process to kill")
         mark = len(server.log())
-        before = [(page.evaluate("performance.now()"), time.monotonic()) for _, page in pages]
+        # Chromium's decoder count, polled: requestVideoFrameCallback stops firing for a page
+        # that is not in front, which would pass for a frozen stream.
+        decoded: list[list[tuple[float, int]]] = [[] for _ in pages]
         os.kill(workers[0], signal.SIGKILL)
         killed_at = time.monotonic()
-        kill_page_ms = [page_ms + 1000 * (killed_at - mono) for page_ms, mono in before]
-        time.sleep(KILL_WATCH_S)
-        recovery = []
-        for (_, page), kill_ms in zip(pages, kill_page_ms):
-            recovery.append(_recovery_s(page.evaluate("window.__bench.frames"), kill_ms,
-                                        page.evaluate("performance.now()")))
+        while time.monotonic() - killed_at < KILL_WATCH_S:
+            for samples, (_, page) in zip(decoded, pages):
+                samples.append((time.monotonic() - killed_at, page.evaluate(VIDEO_STATS).get("framesDecoded", 0)))
+            time.sleep(0.05)
+        recovery = [_recovery_s(samples) for samples in decoded]
+        decoded = [samples[-1][1] - samples[0][1] for samples in decoded]
         statuses = [page.text_content("#status") or "" for _, page in pages]
-        return KillResult(workers[0], workers, server.render_workers(), recovery, statuses, _new_errors(server, mark))
+        return KillResult(workers[0], workers, server.render_workers(), recovery, decoded, statuses,
+                          _new_errors(server, mark))
     finally:
         for context, page in pages:
             _stop_page(context, page)
 
 
-def _recovery_s(frames: list[list[float]], kill_ms: float, now_ms: float) -> float:
-    """Seconds from the kill until frames flow again after the freeze it caused; 0 if none froze;
-    NaN if frames had not resumed (25 in a row, no freeze) by ``now_ms``."""
-    after = [f for f in frames if f[0] >= kill_ms - FREEZE_MS]
-    if not after or now_ms - after[-1][0] > FREEZE_MS:
-        return math.nan  # frozen at the end of the watch
-    resumed_at = None
-    for (t0, n0), (t1, n1) in zip(after, after[1:]):
-        if t1 - t0 > FREEZE_MS and n1 - n0 <= 1:
-            resumed_at = t1
-    if resumed_at is None:
-        return 0.0
-    run = [f for f in after if f[0] >= resumed_at]
-    return (resumed_at - kill_ms) / 1000 if len(run) >= 25 else math.nan
+def _recovery_s(decoded: list[tuple[float, int]]) -> float:
+    """Seconds from the kill (t = 0) until frames flow again after the freeze it caused, from
+    (t, frames decoded) samples; 0 if none froze; NaN if frames had not resumed by the end."""
+    still_since, resumed_at = None, 0.0
+    for (t0, n0), (t1, n1) in zip(decoded, decoded[1:]):
+        if n1 > n0:
+            if still_since is not None and t0 - still_since > FREEZE_MS / 1000:
+                resumed_at = t1
+            still_since = None
+        elif still_since is None:
+            still_since = t0
+    if still_since is not None and decoded[-1][0] - still_since > FREEZE_MS / 1000:
+        return math.nan
+    return resumed_at
 
 
 def _report(console, sessions: list[BrowserSession], kill: KillResult | None, args) -> list[str]:
@@ -264,11 +269,11 @@ def _report(console, sessions: list[BrowserSession], kill: KillResult | None, ar
     if kill is not None:
         table = Table(title=f"--kill-render-worker: SIGKILL of render worker {kill.killed_pid} "
                             f"(workers before {kill.workers_before}, after {kill.workers_after})")
-        for column in ("session", "frames again after s", "page status"):
+        for column in ("session", "frames again after s", "decoded during the watch", "page status"):
             table.add_column(column, justify="right")
-        for i, (recovery, status) in enumerate(zip(kill.recovery_s, kill.statuses), start=1):
+        for i, (recovery, decoded, status) in enumerate(zip(kill.recovery_s, kill.decoded, kill.statuses), start=1):
             table.add_row(str(i), _fmt(recovery, 2) if not math.isnan(recovery) else f"not within {KILL_WATCH_S:.0f} s",
-                          status, style="red" if math.isnan(recovery) else None)
+                          str(decoded), status, style="red" if math.isnan(recovery) else None)
         console.print(table)
         for line in kill.server_errors[:4]:
             console.print(f"  server log after the kill: {line[:300]}", style="yellow", highlight=False)
