@@ -307,6 +307,8 @@ def test_a_second_offer_replaces_the_peer_and_the_session_goes_on(server):
         return first_frame, received, len(old.video) - old_frames
 
     first_frame, received, old_after = run(scenario())
+    print(f"second offer: first frame after {1000 * first_frame:.0f} ms, {received / 2:.1f} fps after, "
+          f"/healthz max {1000 * max(health):.0f} ms")
     assert first_frame < 2.0
     assert received >= 40  # still streaming at ~25 fps
     assert old_after <= 3  # the old peer stopped getting frames (a few were in flight)

@@ -455,6 +455,8 @@ def test_a_flood_of_tiny_turns_does_not_hurt_another_session(server, http, speec
     rows, health = run(scenario())
     errors = flooder.result(timeout=60)
     seconds = rows[-1] - rows[0]
+    print(f"flood beside a stream: {(len(rows) - 1) / seconds:.1f} motion rows/s, /healthz max "
+          f"{1000 * max(health):.0f} ms, median {1000 * sorted(health)[len(health) // 2]:.0f} ms; {len(errors)} errors")
     assert (len(rows) - 1) / seconds >= 24 * 0.9, f"{len(rows)} motion rows in {seconds:.1f} s"
     assert max(health) < 0.5, f"/healthz took up to {max(health):.2f} s"
     assert errors and len(errors) < 100  # told, but not answered message for message
