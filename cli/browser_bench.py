@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import math
 import os
 import signal
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.bench_server import ServerProcess, log_errors
+from cli.bench_server import ServerProcess, log_errors, write_figures
 from cli.stream_bench import RATE, _console, _fmt, speech_turns
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -335,7 +334,7 @@ def bench_browser(args: argparse.Namespace) -> None:
         out = {"sessions_requested": args.sessions, "seconds": args.seconds, "loop": args.loop,
                "sessions": [asdict(s) | {"passed": s.passed(args.seconds)} for s in sessions],
                "kill_render_worker": asdict(kill) if kill else None, "failures": failures}
-        args.json.write_text(json.dumps(out, indent=1, default=str).replace("NaN", "null"))
+        write_figures(args.json, out)
         console.print(f"wrote {args.json}", style="dim")
     if failures:
         raise SystemExit(1)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.bench_server import ProcessSample, ServerProcess, log_errors
+from cli.bench_server import ProcessSample, ServerProcess, log_errors, write_figures
 from cli.stream_bench import CHUNK, RATE, CountingDecoder, Feeder, _console, _fmt, sleep_until, speech_turns
 
 KINDS = ("ws", "webrtc", "drop-ws", "drop-peer", "stall")
@@ -537,7 +537,7 @@ def bench_sessions(args: argparse.Namespace) -> None:
                "idle_end": asdict(result.idle_end) if result.idle_end else None,
                "sessions": [dict(asdict(s), failed=s.failed) for s in result.sessions],
                "server_log_errors": result.log_errors[:50]}
-        args.json.write_text(json.dumps(out, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+        write_figures(args.json, out)
         console.print(f"wrote {args.json}", style="dim")
     if failures:
         raise SystemExit(1)

@@ -37,7 +37,7 @@ def test_bench_sessions_runs_and_reports(tmp_path: Path) -> None:
             assert s["fps"] > 15, s
     samples = data["samples"]
     assert len(samples) >= 5 and all(s["rss_server_mb"] > 50 and s["fds"] > 0 for s in samples)
-    assert len(samples[0]["workers"]) == 2  # the server's default render processes were found
+    assert len(samples[0]["workers"]) == 3  # the default 2 render processes and their spare were found
     assert data["idle_end"]["metrics"]["emolive_active_sessions"] == 0
     for key in ("rss_growth_mb", "fds_idle_start", "fds_idle_end", "sessions_failed"):
         assert key in data["figures"]
