@@ -16,7 +16,8 @@ Up to ``--concurrency`` sessions at once, one after another, of these kinds in t
 Speech: flite TTS turns at 48 kHz in 20 ms chunks (``cli.stream_bench.speech_turns``). Received
 fps: whole VP8 frames per second at the aiortc client (checked, not decoded: the client shares
 the server's CPUs), or motion rows per second on the WebSocket. After an abrupt end the bench
-polls ``GET /v1/sessions/{id}`` until 404 and reports how long the server took to reap it.
+polls ``GET /v1/sessions/{id}`` until it says ``ended`` and reports how long the server took to
+reap it.
 
 Every minute (every tenth of the run when shorter than 10 min) it samples the server process
 tree: RSS of the server and of its children (render workers), the server's open fds, and the
@@ -63,7 +64,7 @@ class SessionRecord:
     fps: float = math.nan  # video frames (webrtc) or motion rows (ws) per second received
     audio_s: float = 0.0  # voice received over WebRTC
     events: int = 0  # playback_started + playback_finished
-    reap_s: float = math.nan  # abrupt kinds: end -> the server answers 404
+    reap_s: float = math.nan  # abrupt kinds: end -> the server reports the session ended
     reap_cut: bool = False  # the run ended before the server reaped it (not counted as a failure)
     error: str = ""
     server_error: str = ""  # what the server logged about this session, when it logged an error
@@ -265,11 +266,12 @@ class _Client:
                 task.cancel()
 
     async def wait_reaped(self, limit: float) -> float:
-        """Seconds until the server forgets the session, or NaN past ``limit``."""
+        """Seconds until the server has closed the session (its GET says ``ended``; 404 once it
+        is forgotten), or NaN past ``limit``."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < limit:
             r = await self.http.get(f"/v1/sessions/{self.session['session_id']}", headers=self.auth)
-            if r.status_code == 404:
+            if r.status_code == 404 or (r.status_code == 200 and r.json().get("state") == "ended"):
                 return time.monotonic() - t0
             await asyncio.sleep(0.25)
         return math.nan
