@@ -231,7 +231,6 @@ class RenderWorkers:
                 return
             log.warning("render worker %d %s; replacing it", worker.process.pid, reason)
             self._swap(worker)
-        worker.close(wait=False)
 
     def close(self) -> None:
         """Stop every worker (sessions still rendering fail their frames)."""
@@ -247,12 +246,14 @@ class RenderWorkers:
                 worker.close()
 
     def _swap(self, worker: _Worker) -> None:
-        """Under the lock: the spare (or a fresh process) takes ``worker``'s place."""
+        """Under the lock: the spare (or a fresh process) takes ``worker``'s place, and
+        ``worker`` is stopped (killed if it still runs)."""
         spare, self._spare = self._spare, None
         if spare is None or not spare.process.is_alive():
             spare = _Worker(self._context)
             spare.wait_ready()
         self._workers[self._workers.index(worker)] = spare
+        worker.close(wait=False)
         self.replaced += 1
         if self._refilling is None or not self._refilling.is_alive():
             self._refilling = threading.Thread(target=self._refill, name="emolive-render-spare", daemon=True)
