@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 
 from engine.errors import BadInputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_PIXELS = 40_000_000
 # Larger portraits are shrunk to this long side as they are decoded: the engine's frames are
 # at most 1024 px, so more pixels only cost memory (a 40 MP RGB image is 120 MB per copy).
@@ -49,8 +49,9 @@ FACE_OVERHANG = 0.02
 # Head-and-shoulders framing: crop side over face height, and where the face centre sits.
 CROP_FACE_RATIO = 2.6
 CROP_FACE_CENTRE_Y = 0.42
-# How far (fraction of the crop side) the square may slide off the face to avoid padding.
-CROP_MAX_SHIFT = 0.1
+# Room kept above the face mesh (which ends at the upper forehead) for the hair, as a fraction
+# of the face height, when a tight image forces a smaller square.
+CROP_HAIR_ROOM = 0.45
 
 # Only these decoders run: Pillow's others (EPS, PSD, ...) are attack surface we don't need.
 # Phones' multi-picture JPEGs (MPO) come in through the JPEG decoder.
@@ -305,17 +306,32 @@ def _padded(view: _View, fraction: float, replicate: bool) -> _View:
 
 
 def _square_crop(source: np.ndarray, x0: int, y0: int, side: int, out: int) -> _View:
-    """The square [x0, x0+side) x [y0, y0+side) of ``source`` at ``out`` px, replicating
-    edges where it leaves the image."""
+    """The square [x0, x0+side) x [y0, y0+side) of ``source`` at ``out`` px, with a soft fill
+    (:func:`_soft_fill`) where it leaves the image."""
     h, w = source.shape[:2]
     cx0, cy0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
     cx1, cy1 = max(min(x0 + side, w), cx0 + 1), max(min(y0 + side, h), cy0 + 1)
     inside = source[cy0:cy1, cx0:cx1]
     pads = (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1)
     if any(p > 0 for p in pads):
-        inside = cv2.copyMakeBorder(inside, *(max(p, 0) for p in pads), cv2.BORDER_REPLICATE)
+        inside = _soft_fill(inside, tuple(max(p, 0) for p in pads))
     scale = out / side
     return _View(_resize(inside, out, out), scale, (-x0 * scale, -y0 * scale))
+
+
+def _soft_fill(image: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """``image`` grown by ``pads`` (top, bottom, left, right): mirrored, then blurred more with
+    the distance from the image, which stays as it is. Replicated edges would show as streaks."""
+    top, bottom, left, right = pads
+    mirrored = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+    h, w = mirrored.shape[:2]
+    sigma = max(h, w) / 40
+    blurred = cv2.GaussianBlur(mirrored, (0, 0), sigma)
+    outside = np.full((h, w), 255, np.uint8)
+    outside[top : h - bottom, left : w - right] = 0
+    distance = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
+    sharp = np.clip(1.0 - distance / (2 * sigma), 0.0, 1.0)[..., None]
+    return np.round(sharp * mirrored + (1.0 - sharp) * blurred).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,23 +475,23 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _head_and_shoulders(source: np.ndarray, face: np.ndarray, size: int) -> _View:
-    """Square crop around the face with room for the shoulders."""
+    """Square crop around the face with room for the shoulders, inside the image.
+
+    Where that square does not fit (a selfie, a tight headshot), the largest square that does,
+    placed to keep the hair above the face: replicated or made-up pixels show as streaks once
+    the head moves. Only a face the image itself cuts off gets the full square, with a soft
+    fill where it leaves the image."""
     h, w = source.shape[:2]
     x0, y0, x1, y1 = _box(face)
     side = max(1, round(CROP_FACE_RATIO * (y1 - y0)))
     left = (x0 + x1) / 2 - side / 2
     top = (y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side
-    left, top = _slide_inside(left, side, w), _slide_inside(top, side, h)
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        side = min(side, w, h)
+        left = float(np.clip((x0 + x1) / 2 - side / 2, 0, w - side))
+        top = float(np.clip(min((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, y0 - CROP_HAIR_ROOM * (y1 - y0)),
+                            0, h - side))
     return _square_crop(source, round(left), round(top), side, size)
-
-
-def _slide_inside(start: float, side: int, extent: int) -> float:
-    """Move the square's start so it stays inside the image where the image is long
-    enough (padding looks smeared), but never so far the face leaves the centre."""
-    if side > extent:
-        return start
-    limit = CROP_MAX_SHIFT * side
-    return start + float(np.clip(np.clip(start, 0, extent - side) - start, -limit, limit))
 
 
 def _whole_image(source: np.ndarray, size: int) -> _View:

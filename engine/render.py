@@ -54,7 +54,8 @@ class _GridWarp:
         maps = upsample(backward, grid.step, self.size)
         maps += self.pixels
         # One two-channel map: split x and y planes would each be copied by OpenCV first.
-        return cv2.remap(self.image, maps, None, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_REPLICATE)
+        # Samples past the image mirror it: a replicated edge pixel smears into a streak.
+        return cv2.remap(self.image, maps, None, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def _feather(width: int, height: int) -> np.ndarray:
