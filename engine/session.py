@@ -652,19 +652,22 @@ class Session:
         self._closed = True
         self._frames_out.close()
         self._events_out.close()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
-        if self._job is not None:
-            # A cancelled await does not stop the worker: let it finish with the renderer.
-            await asyncio.wait([asyncio.wrap_future(self._job)])
-            self._job = None
-        self._playout.clear()
-        self._window.clear()
-        if self._renderer is not None:
-            self._renderer.close()
-        if self._owns_executor:
-            self._executor.shutdown(wait=True)
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.wait([self._task])
+            if self._job is not None:
+                # A cancelled await does not stop the worker: let it finish with the renderer.
+                await asyncio.wait([asyncio.wrap_future(self._job)])
+                self._job = None
+        finally:  # a caller that gives up waiting (a timeout) still gets everything released
+            self._playout.clear()
+            self._window.clear()
+            # A job still in flight may be rendering in its thread (a worker renderer is not).
+            if self._renderer is not None and (self._job is None or isinstance(self._renderer, WorkerFrameRenderer)):
+                self._renderer.close()
+            if self._owns_executor:
+                self._executor.shutdown(wait=self._job is None)
 
     def _start(self) -> None:
         if self._task is None and not self._closed:

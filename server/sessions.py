@@ -38,6 +38,8 @@ log = logging.getLogger("emolive.server")
 # An ended session's last state stays readable (GET /v1/sessions/{id}) this long, for so many
 # sessions at most: a client whose session failed can still learn why.
 ENDED_KEEP_S = 600.0
+# How long closing a session waits for its engine's frame loop and compute job to stop.
+ENGINE_CLOSE_TIMEOUT_S = 2.0
 ENDED_KEEP = 256
 
 
@@ -220,7 +222,10 @@ class LiveSession:
             except Exception:
                 log.debug("session %s: closer failed", self.id, exc_info=True)
         try:
-            await asyncio.wait_for(self.engine.close(), timeout=2.0)
+            await asyncio.wait_for(self.engine.close(), timeout=ENGINE_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("session %s: the engine took over %g s to stop; its audio, renderer and streams were "
+                        "released without waiting", self.id, ENGINE_CLOSE_TIMEOUT_S)
         except Exception:
             log.exception("session %s: engine close failed", self.id)
         tasks = [t for t in self._tasks if t is not current]
