@@ -194,7 +194,6 @@ class RenderWorkers:
         self._workers, self._spare = started[:-1], started[-1]
         self._refilling: threading.Thread | None = None
         self._closed = False
-        self.replaced = 0  # workers replaced since start
 
     @property
     def pids(self) -> list[int]:
@@ -254,7 +253,6 @@ class RenderWorkers:
             spare.wait_ready()
         self._workers[self._workers.index(worker)] = spare
         worker.close(wait=False)
-        self.replaced += 1
         if self._refilling is None or not self._refilling.is_alive():
             self._refilling = threading.Thread(target=self._refill, name="emolive-render-spare", daemon=True)
             self._refilling.start()
