@@ -66,15 +66,6 @@ def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np
     return cv2.merge(list(s - q))
 
 
-def invert_fixed_point(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np.ndarray:
-    """Backward flow (grid units) by iterating p <- q - F(p): slow but it never overshoots,
-    which a one-off warp that collapses a region entirely (sealing parted lips) needs."""
-    source = nodes - forward
-    for _ in range(iterations):
-        source = nodes - _sample(forward, source)
-    return source - nodes
-
-
 def upsample(backward: np.ndarray, step: int, size: tuple[int, int]) -> np.ndarray:
     """Grid-unit backward flow -> per-pixel backward flow in pixels over a (width, height) roi."""
     if step == 1:

@@ -72,15 +72,17 @@ class Renderer:
         self.mouth = MouthCompositor(rig)
         self._coarse = _GridWarp(rig.image, rig.grid, rig.inverse_iterations)
         self._details = [(_GridWarp(rig.image, grid, rig.inverse_iterations), _feather(*_size(grid))) for grid in rig.detail_grids]
-        self._bases = rig.bases.reshape(len(rig.bases), -1)
+        # The seal of parted lips is one more basis, driven by the raw mouthClose.
+        self._bases = np.concatenate([rig.bases, rig.mouth.seal[None]]).reshape(len(rig.bases) + 1, -1)
         self._jaw, self._close = BASIS_INDEX["jawOpen"], BASIS_INDEX["mouthClose"]
         self._lid_channels = [INDEX[f"{shape}{side}"] for shape in ("eyeBlink", "eyeWide", "cheekSquint") for side in ("Left", "Right")]
 
     def vertex_displacement(self, motion: np.ndarray) -> np.ndarray:
         """(V, 2) pixel displacement of every rig vertex for one motion frame."""
         rig = self.rig
-        activations = motion[BLEND_SLICE].copy()
-        # mouthClose seals only what the jaw opened, as in ARKit.
+        activations = np.append(motion[BLEND_SLICE], motion[INDEX["mouthClose"]])
+        # mouthClose seals only what the jaw opened, as in ARKit (the extra seal basis closes
+        # what the portrait itself opened).
         activations[self._close] *= activations[self._jaw]
         # einsum, not @: this product is too small for BLAS, whose idle worker thread would
         # otherwise spin between frames and eat a core.
@@ -107,7 +109,7 @@ class Renderer:
             x0, y0, x1, y1 = detail.grid.roi
             region = out[y0:y1, x0:x1].astype(np.float32)
             out[y0:y1, x0:x1] = (region + weight * (detail.warp(disp) - region)).astype(np.uint8)
-        self.mouth.composite(out, self.rig.vertices[:, :2] + disp, float(motion[INDEX["jawOpen"]]))
+        self.mouth.composite(out, self.rig.vertices[:, :2] + disp)
         return out
 
 

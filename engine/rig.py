@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 from scipy import sparse
 from scipy.spatial import Delaunay
 
 from engine import face_topology as topo
-from engine.flow import forward_flow, invert_fixed_point, node_grid
+from engine.flow import forward_flow, node_grid
 from engine.motion_space import BLENDSHAPES
 
 BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}
@@ -43,7 +42,6 @@ class RigConfig:
     # face's depth keeps ±15° of yaw free of folds while the parallax still reads as a turn.
     depth_scale: float = 0.5
     inverse_iterations: int = 3  # Newton steps per frame (99th-percentile residual < 1 px)
-    sealing_iterations: int = 200  # fixed-point steps for the one-off sealing of parted lips
 
 
 @dataclass
@@ -81,6 +79,9 @@ class MouthRig:
 
     upper_inner: np.ndarray  # vertex indices, corner to corner
     lower_inner: np.ndarray
+    # (V, 2) pixel displacement that closes lips the portrait shows parted (zero for closed
+    # lips), driven by the raw mouthClose: the rest pose stays the portrait, a bilabial seals.
+    seal: np.ndarray
     # A portrait with parted lips keeps its own cavity to show when the mouth opens: the
     # original image, its inner-lip contours, and the line splitting the part that rides the
     # skull (upper teeth) from the part that rides the jaw. None for closed lips.
@@ -475,43 +476,27 @@ class _Builder:
 _SEAL_MIN_GAP = 1.5  # pixels of parted lips worth sealing
 
 
-def _seal_lips(image: np.ndarray, builder: _Builder, closure: np.ndarray) -> np.ndarray:
-    """The portrait with its parted lips closed, warped once at full resolution."""
-    grid = builder.flow_grid(builder.triangulation(), builder.roi, 1)
-    nodes = node_grid(*grid.shape)
-    forward = forward_flow(grid.matrix, closure, grid.shape, 1)
-    backward = invert_fixed_point(forward, nodes, builder.config.sealing_iterations)
-    x0, y0, x1, y1 = grid.roi
-    maps = nodes + backward + np.array([x0, y0], np.float32)
-    sealed = image.copy()
-    sealed[y0:y1, x0:x1] = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return sealed
-
-
 def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigConfig()) -> Rig:
     """Build the rig of a portrait (H, W, 3 uint8 RGB) from its (478, 3) pixel landmarks.
 
-    A portrait with parted lips is first sealed (lower lip raised to meet the upper one) so
-    that every avatar rests with its mouth closed; its own cavity is kept for the mouth
-    compositor to show when the jaw opens."""
+    The rest pose is the portrait as it is. A portrait with parted lips gets a seal (the
+    lower lip raised to meet the upper one) for mouthClose to drive, and keeps its own
+    cavity for the mouth compositor to show when the jaw opens."""
     image = np.ascontiguousarray(image)
     builder = _Builder(landmarks, config, image.shape[:2])
     closure, centre_gap = builder.neutral_closure()
-    mouth = MouthRig(np.array(topo.UPPER_LIP_INNER), np.array(topo.LOWER_LIP_INNER))
+    mouth = MouthRig(np.array(topo.UPPER_LIP_INNER), np.array(topo.LOWER_LIP_INNER), np.zeros_like(closure))
     if centre_gap > _SEAL_MIN_GAP:
         upper = landmarks[mouth.upper_inner, :2].astype(np.float32)
         lower = landmarks[mouth.lower_inner, :2].astype(np.float32)
         # Upper teeth fill most of a parted mouth: split the cavity 60 % of the way down.
-        mouth = replace(mouth, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
+        mouth = replace(mouth, seal=closure, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
                         cavity_split=upper + 0.6 * (lower - upper))
-        image = _seal_lips(image, builder, closure)
-        sealed = landmarks.astype(np.float64).copy()
-        sealed[:, :2] += closure[: len(landmarks)]
-        builder = _Builder(sealed, config, image.shape[:2])
     bases = {**builder.mouth_bases(), **builder.eye_bases(), **builder.brow_bases()}
     stacked = np.stack([bases[name] for name in BLENDSHAPES])
     # Anchors never move: that is what keeps the background an exact copy.
     stacked[:, builder.head_weight == 0] = 0.0
+    mouth.seal = (mouth.seal * (builder.head_weight != 0)[:, None]).astype(np.float32)
     tri = builder.triangulation()
     return Rig(
         image=image,
