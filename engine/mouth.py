@@ -45,9 +45,10 @@ _CORNER_START = 0.82  # |across| where the teeth start to vanish into the corner
 
 # Below this chroma (mean |channel - grey| over the face) a portrait is greyscale.
 _GREY_CHROMA = 2.0
-# Below this median luminance gradient (levels per pixel, Sobel / 8) over the skin the
-# portrait is flat-shaded (a drawing, a cel-shaded anime face).
-_FLAT_GRADIENT = 0.9
+# A portrait is flat-shaded (a drawing, a cel-shaded anime face) when this share of its face
+# has a luminance gradient under _FLAT_GRADIENT levels per pixel (photos: about 1 %).
+_FLAT_GRADIENT = 0.5
+_FLAT_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def portrait_style(image: np.ndarray, landmarks: np.ndarray) -> MouthStyle:
     grey = float(np.abs(pixels - pixels.mean(1, keepdims=True)).mean()) < _GREY_CHROMA
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
     gradient = np.hypot(cv2.Sobel(luma, cv2.CV_32F, 1, 0), cv2.Sobel(luma, cv2.CV_32F, 0, 1)) / 8
-    flat = float(np.median(gradient[skin])) < _FLAT_GRADIENT
+    flat = float((gradient[skin] < _FLAT_GRADIENT).mean()) > _FLAT_SHARE
 
     # Sclera: the brightest part of each eye opening, the iris left out.
     eyes = fill(topo.LEFT_EYE_UPPER + topo.LEFT_EYE_LOWER[::-1], topo.RIGHT_EYE_UPPER + topo.RIGHT_EYE_LOWER[::-1])
@@ -146,12 +147,12 @@ def portrait_style(image: np.ndarray, landmarks: np.ndarray) -> MouthStyle:
         sclera = np.median(bright, axis=0).astype(np.float32)
     else:
         sclera = np.array([225.0, 222.0, 215.0], np.float32)
-    # Teeth take the sclera's light but little of its hue (the sample may catch skin or
-    # a reddened eye), a little darker and yellower.
-    teeth = (_luma(sclera) + 0.3 * (sclera - _luma(sclera))) * np.array([0.97, 0.94, 0.86], np.float32)
+    # Teeth take the sclera's light and a trace of its cast (the sample may catch skin or a
+    # reddened eye), an ivory a little darker than the sclera.
+    teeth = _luma(sclera) * np.array([0.97, 0.94, 0.86], np.float32) + 0.12 * (sclera - _luma(sclera))
     # Shadowed or hidden eyes read dark: teeth are never darker than the face's skin.
     skin_luma = float(np.median(_luma(pixels)))
-    teeth *= float(np.clip(max(_luma(teeth), 1.05 * skin_luma), 90, 235)) / max(float(_luma(teeth)), 1.0)
+    teeth *= float(np.clip(max(_luma(teeth), 1.2 * skin_luma), 90, 235)) / max(float(_luma(teeth)), 1.0)
 
     lips = fill(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER[::-1]) - fill(topo.UPPER_LIP_INNER + topo.LOWER_LIP_INNER[::-1])
     lip = _median_colour(image, lips, (170.0, 95.0, 95.0))
@@ -296,10 +297,12 @@ class MouthCompositor:
             self.pieces = [lower, upper]  # the upper row overlaps the lower one
         rest = rig.vertices[:, :2]
         self.rest_area = _shoelace(np.concatenate([rest[mouth.upper_inner], rest[mouth.lower_inner][::-1]]))
-        # The interior fades in over the first ~0.03 iod the lips part beyond the portrait's
-        # own opening (a lens of central gap g and width w has area 2/3 g w).
+        # The interior fades in once the lips part ~0.015 iod (a pixel or so) beyond the
+        # portrait's own opening, fully by ~0.045 iod (a lens of central gap g and width w has
+        # area 2/3 g w): idle lip motion in silence draws nothing.
         width = float(np.ptp(rest[mouth.upper_inner, 0]))
         self.fade_area = max(0.02 * iod * width, 1.0)
+        self.rest_area += 0.5 * self.fade_area
 
     def composite(self, frame: np.ndarray, positions: np.ndarray) -> None:
         """Draw the mouth interior into ``frame`` (uint8 RGB, modified in place) given the

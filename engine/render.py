@@ -72,17 +72,16 @@ class Renderer:
         self.mouth = MouthCompositor(rig)
         self._coarse = _GridWarp(rig.image, rig.grid, rig.inverse_iterations)
         self._details = [(_GridWarp(rig.image, grid, rig.inverse_iterations), _feather(*_size(grid))) for grid in rig.detail_grids]
-        # The seal of parted lips is one more basis, driven by the raw mouthClose.
-        self._bases = np.concatenate([rig.bases, rig.mouth.seal[None]]).reshape(len(rig.bases) + 1, -1)
+        self._bases = rig.bases.reshape(len(rig.bases), -1)
         self._jaw, self._close = BASIS_INDEX["jawOpen"], BASIS_INDEX["mouthClose"]
         self._lid_channels = [INDEX[f"{shape}{side}"] for shape in ("eyeBlink", "eyeWide", "cheekSquint") for side in ("Left", "Right")]
 
     def vertex_displacement(self, motion: np.ndarray) -> np.ndarray:
         """(V, 2) pixel displacement of every rig vertex for one motion frame."""
         rig = self.rig
-        activations = np.append(motion[BLEND_SLICE], motion[INDEX["mouthClose"]])
-        # mouthClose seals only what the jaw opened, as in ARKit (the extra seal basis closes
-        # what the portrait itself opened).
+        activations = motion[BLEND_SLICE].copy()
+        # mouthClose seals only what the jaw opened, as in ARKit: lips the portrait shows
+        # parted stay as the portrait has them.
         activations[self._close] *= activations[self._jaw]
         # einsum, not @: this product is too small for BLAS, whose idle worker thread would
         # otherwise spin between frames and eat a core.

@@ -79,9 +79,6 @@ class MouthRig:
 
     upper_inner: np.ndarray  # vertex indices, corner to corner
     lower_inner: np.ndarray
-    # (V, 2) pixel displacement that closes lips the portrait shows parted (zero for closed
-    # lips), driven by the raw mouthClose: the rest pose stays the portrait, a bilabial seals.
-    seal: np.ndarray
     # A portrait with parted lips keeps its own cavity to show when the mouth opens: the
     # original image, its inner-lip contours, and the line splitting the part that rides the
     # skull (upper teeth) from the part that rides the jaw. None for closed lips.
@@ -105,7 +102,7 @@ class FlowGrid:
 class Rig:
     """A portrait's rig. See the module docstring."""
 
-    image: np.ndarray  # (H, W, 3) uint8 RGB: the portrait at rest, lips sealed
+    image: np.ndarray  # (H, W, 3) uint8 RGB: the portrait at rest, as it is
     frame: FaceFrame
     vertices: np.ndarray  # (V, 3) rest positions in pixels; z in pixels, towards the camera < 0
     head_weight: np.ndarray  # (V,) how much each vertex follows the head pose
@@ -339,20 +336,12 @@ class _Builder:
         cheek_basis = _spread(self.vertices[:, :2], handles, disp, 1.6 * self.config.spread * self.frame.iod)
         return np.where(self.is_landmark[:, None], cheek_basis, basis)
 
-    def neutral_closure(self) -> tuple[np.ndarray, float]:
-        """Seal lips the portrait shows parted: the lower lip rises to meet the upper one."""
-        lips = self.lip_sets
-        gap = np.zeros(self.n)
-        for name in ("lower_inner", "lower_outer"):
-            idx = lips[name]
-            upper = _contour_height(self.face, topo.UPPER_LIP_INNER, self.face[idx, 0])
-            inner_b = _contour_height(self.face, topo.LOWER_LIP_INNER, self.face[idx, 0])
-            gap[idx] = np.maximum(inner_b - upper, 0.0)
-        centre_gap = float(gap[list(topo.LOWER_LIP_MID[:1])].max())
-        dv = -self.jaw_weight() * centre_gap * 0.5
-        lip_idx = np.concatenate([lips["lower_inner"], lips["lower_outer"]])
-        dv[lip_idx] = -gap[lip_idx]
-        return self.frame.to_pixels(np.zeros(self.n), dv), centre_gap * self.frame.iod
+    def lip_gap(self) -> float:
+        """Pixels between the inner lips at the mouth's centre (0 for closed lips)."""
+        idx = np.array(topo.LOWER_LIP_MID[:1])
+        upper = _contour_height(self.face, topo.UPPER_LIP_INNER, self.face[idx, 0])
+        lower = _contour_height(self.face, topo.LOWER_LIP_INNER, self.face[idx, 0])
+        return float(max(lower[0] - upper[0], 0.0)) * self.frame.iod
 
     def eye_bases(self) -> dict[str, np.ndarray]:
         bases = {}
@@ -473,30 +462,27 @@ class _Builder:
         return centre + np.r_[self.frame.v * 0.25 * self.frame.iod, 0.0]
 
 
-_SEAL_MIN_GAP = 1.5  # pixels of parted lips worth sealing
+_PARTED_MIN_GAP = 1.5  # pixels between the lips above which the portrait's own cavity is kept
 
 
 def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigConfig()) -> Rig:
     """Build the rig of a portrait (H, W, 3 uint8 RGB) from its (478, 3) pixel landmarks.
 
-    The rest pose is the portrait as it is. A portrait with parted lips gets a seal (the
-    lower lip raised to meet the upper one) for mouthClose to drive, and keeps its own
-    cavity for the mouth compositor to show when the jaw opens."""
+    The rest pose is the portrait as it is; a portrait with parted lips keeps its own cavity
+    for the mouth compositor to show when the jaw opens."""
     image = np.ascontiguousarray(image)
     builder = _Builder(landmarks, config, image.shape[:2])
-    closure, centre_gap = builder.neutral_closure()
-    mouth = MouthRig(np.array(topo.UPPER_LIP_INNER), np.array(topo.LOWER_LIP_INNER), np.zeros_like(closure))
-    if centre_gap > _SEAL_MIN_GAP:
+    mouth = MouthRig(np.array(topo.UPPER_LIP_INNER), np.array(topo.LOWER_LIP_INNER))
+    if builder.lip_gap() > _PARTED_MIN_GAP:
         upper = landmarks[mouth.upper_inner, :2].astype(np.float32)
         lower = landmarks[mouth.lower_inner, :2].astype(np.float32)
         # Upper teeth fill most of a parted mouth: split the cavity 60 % of the way down.
-        mouth = replace(mouth, seal=closure, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
+        mouth = replace(mouth, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
                         cavity_split=upper + 0.6 * (lower - upper))
     bases = {**builder.mouth_bases(), **builder.eye_bases(), **builder.brow_bases()}
     stacked = np.stack([bases[name] for name in BLENDSHAPES])
     # Anchors never move: that is what keeps the background an exact copy.
     stacked[:, builder.head_weight == 0] = 0.0
-    mouth.seal = (mouth.seal * (builder.head_weight != 0)[:, None]).astype(np.float32)
     tri = builder.triangulation()
     return Rig(
         image=image,

@@ -69,7 +69,7 @@ def rig_hash(rig: Rig) -> str:
         add(f"grid{i}.indices", matrix.indices)
         add(f"grid{i}.data", matrix.data)
     mouth = rig.mouth
-    for name in ("upper_inner", "lower_inner", "seal", "cavity_image", "cavity_upper", "cavity_lower", "cavity_split"):
+    for name in ("upper_inner", "lower_inner", "cavity_image", "cavity_upper", "cavity_lower", "cavity_split"):
         add(f"mouth.{name}", getattr(mouth, name))
     return digest.hexdigest()
 

@@ -471,7 +471,7 @@ def mouth_window(rig: Rig) -> tuple[int, int]:
     if np.any(rig.head_weight[index] < 1.0):  # pragma: no cover - face landmarks always follow the head
         return height, width
     rest = rig.vertices[index].astype(np.float64)
-    bases = np.concatenate([rig.bases, rig.mouth.seal[None]])[:, index].astype(np.float64)  # (S + 1, n, 2)
+    bases = rig.bases[:, index].astype(np.float64)  # (S, n, 2)
     delta = np.abs(rest[:, None] - rest[None])  # (n, n, 3)
     delta[..., :2] += np.abs(bases[:, :, None] - bases[:, None]).sum(0)
     limit = float(HEAD_LIMITS[0:3].max())
@@ -498,8 +498,7 @@ class TorchRenderer(nn.Module):
         self.register_buffer("vertices", torch.from_numpy(rig.vertices.astype(np.float32)), persistent=False)
         self.register_buffer("head_weight", torch.from_numpy(rig.head_weight.astype(np.float32)).view(1, -1, 1), persistent=False)
         self.register_buffer("head_center", torch.from_numpy(rig.head_center.astype(np.float32)).view(1, 1, 3), persistent=False)
-        # The seal of parted lips is one more basis, driven by the raw mouthClose.
-        bases = np.concatenate([rig.bases, rig.mouth.seal[None]]).astype(np.float32)
+        bases = rig.bases.astype(np.float32)
         self.num_vertices = int(bases.shape[1])
         self.register_buffer("bases", torch.from_numpy(bases.reshape(len(bases), -1)), persistent=False)
         self.register_buffer("head_limits", torch.from_numpy(HEAD_LIMITS.copy()).view(1, -1), persistent=False)
@@ -520,7 +519,7 @@ class TorchRenderer(nn.Module):
         batch = motion.shape[0]
         act = motion[:, self.blend_start:]
         close = act[:, self.close:self.close + 1] * act[:, self.jaw:self.jaw + 1]
-        act = torch.cat([act[:, :self.close], close, act[:, self.close + 1:], act[:, self.close:self.close + 1]], dim=1)
+        act = torch.cat([act[:, :self.close], close, act[:, self.close + 1:]], dim=1)
         disp = _sum(act.unsqueeze(2) * self.bases, 1).view(batch, self.num_vertices, 2)
         pitch, yaw, roll, tx, ty, log_scale = (motion[:, i] for i in range(6))
         rotation = rotation_matrices(pitch, yaw, roll) * torch.exp(log_scale).view(batch, 1, 1)
