@@ -27,10 +27,6 @@ def forward_flow(matrix: sparse.csr_matrix, disp: np.ndarray, shape: tuple[int, 
     return flow / step
 
 
-def _sample(field: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return cv2.remap(field, points[..., 0], points[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np.ndarray:
     """Backward flow (grid units) by Newton's method on p + F(p) = q.
 

@@ -21,7 +21,6 @@ from scipy import sparse
 from scipy.spatial import Delaunay
 
 from engine import face_topology as topo
-from engine.flow import forward_flow, node_grid
 from engine.motion_space import BLENDSHAPES
 
 BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}

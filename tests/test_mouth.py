@@ -21,6 +21,9 @@ from engine.render import Renderer
 HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # closed lips, an older face
 MIN_SILENCE_PSNR = 38.0
 MAX_GREY_CHROMA_DRIFT = 2.0
+# Autocorrelation peak over zero lag along the tooth row: ~0.3 for the teeth drawn here, 0
+# (no peak at all) for a flat bar.
+MIN_PERIODICITY = 0.15
 
 
 def _grey_copy(source: Path, directory: Path) -> Path:
@@ -97,15 +100,17 @@ def _upper_row_profile(renderer: Renderer, frame: np.ndarray, motion: np.ndarray
     return cv2.remap(luma, xs.astype(np.float32)[None], ys.astype(np.float32)[None], cv2.INTER_LINEAR)[0]
 
 
-def _dominant_period(profile: np.ndarray) -> float:
-    """The lag of the autocorrelation's highest peak after zero of a detrended profile."""
+def _periodicity(profile: np.ndarray) -> tuple[float, float]:
+    """The lag of the highest autocorrelation peak after zero of a detrended profile, and
+    that peak's height over the zero-lag one (0 without any periodic structure)."""
     detail = profile - cv2.GaussianBlur(profile[None], (0, 0), 6.0)[0]
     detail -= detail.mean()
-    spectrum = np.fft.rfft(detail, 2 * len(detail))
-    auto = np.fft.irfft(np.abs(spectrum) ** 2)[: len(detail) // 2]
+    auto = np.fft.irfft(np.abs(np.fft.rfft(detail, 2 * len(detail))) ** 2)[: len(detail) // 2]
     peaks = [lag for lag in range(2, len(auto) - 1) if auto[lag] > auto[lag - 1] and auto[lag] >= auto[lag + 1] and auto[lag] > 0]
-    assert peaks, "no periodic structure along the tooth row"
-    return float(max(peaks, key=lambda lag: auto[lag]))
+    if not peaks:
+        return 0.0, 0.0
+    best = max(peaks, key=lambda lag: auto[lag])
+    return float(best), float(auto[best] / max(auto[0], 1e-9))
 
 
 # ---------------------------------------------------------------------------- rest
@@ -127,25 +132,24 @@ def test_silence_keeps_the_mouth_the_portrait(rigs, record_property) -> None:
     idling head) at >= 38 dB on the bundled portrait, and on every portrait the compositor
     draws nothing (idle lip motion is the portrait's own lips, warped)."""
     track = audio_to_motion(np.zeros(6 * 16000, np.float32), RenderOptions())
+    worst = {}
     for name in ("astronaut", "hopper"):
         avatar, rig = rigs[name]
         renderer = Renderer(rig)
         box = _mouth_box(avatar.landmarks)
-        x0, y0, x1, y1 = box
         psnrs = []
         for row in track.frames:
             frame = renderer.render(row)
             psnrs.append(_registered_psnr(frame, avatar.image, box))
-            warped_only = frame.copy()
-            renderer.mouth.composite(warped_only, rig.vertices[:, :2] + renderer.vertex_displacement(row))
-            assert np.array_equal(warped_only, frame)
-        record_property(f"{name}_silence_mouth_psnr_min", round(min(psnrs), 2))
-        print(f"\n[measure] {name} silence mouth-box PSNR min {min(psnrs):.2f} dB, median {np.median(psnrs):.2f} dB")
-    _, rig = rigs["astronaut"]
-    avatar = rigs["astronaut"][0]
-    renderer = Renderer(rig)
-    worst = min(_registered_psnr(renderer.render(row), avatar.image, _mouth_box(avatar.landmarks)) for row in track.frames)
-    assert worst >= MIN_SILENCE_PSNR
+            redrawn = frame.copy()
+            renderer.mouth.composite(redrawn, rig.vertices[:, :2] + renderer.vertex_displacement(row))
+            assert np.array_equal(redrawn, frame), f"{name}: the compositor drew into a silent frame"
+        worst[name] = min(psnrs)
+        record_property(f"{name}_silence_mouth_psnr_min", round(worst[name], 2))
+        print(f"\n[measure] {name} silence mouth-box PSNR min {worst[name]:.2f} dB, median {np.median(psnrs):.2f} dB")
+    # The older face's wrinkles make the idle smile's warp cost ~2 dB more (about 38 dB): the
+    # threshold is held on the bundled portrait, the compositor's silence on both.
+    assert worst["astronaut"] >= MIN_SILENCE_PSNR
 
 
 # ---------------------------------------------------------------------------- colour
@@ -180,11 +184,11 @@ def test_wide_open_mouth_shows_individual_teeth_under_the_upper_lip(rigs, name: 
     motion = _motion(jawOpen=0.7)
     frame = renderer.render(motion)
     profile = _upper_row_profile(renderer, frame, motion, depth_px=0.35 * tooth)
-    period = _dominant_period(profile)
+    period, strength = _periodicity(profile)
     record_property(f"{name}_tooth_period_px", period)
     record_property(f"{name}_central_incisor_px", round(tooth, 2))
     # Front teeth are 0.75-1 central incisor wide in the arch's perspective.
-    assert 0.6 * tooth <= period <= 1.25 * tooth, (period, tooth)
+    assert 0.6 * tooth <= period <= 1.25 * tooth and strength >= MIN_PERIODICITY, (period, strength, tooth)
 
     # The lip covers the top of the row: the rows the upper teeth occupy start under the lip
     # (their gum and crown tops are drawn there), yet above the lip's edge the frame is the
@@ -206,11 +210,13 @@ def test_wide_open_mouth_shows_individual_teeth_under_the_upper_lip(rigs, name: 
 
 @pytest.mark.parametrize("name", ["hopper", "hopper_grey"])
 def test_no_uniform_white_bar_at_mid_opening(rigs, name: str, record_property) -> None:
-    """jawOpen 0.3 on a closed-mouth portrait: the teeth are not one flat bar."""
+    """jawOpen 0.3 on a closed-mouth portrait: the teeth are not one bar (whose shading and
+    edges vary too, but with no period along the row)."""
     _, rig = rigs[name]
     renderer = Renderer(rig)
     motion = _motion(jawOpen=0.3)
-    profile = _upper_row_profile(renderer, renderer.render(motion), motion, depth_px=0.3 * renderer.mouth.tooth_width)
-    detail = profile - cv2.GaussianBlur(profile[None], (0, 0), 4.0)[0]
-    record_property(f"{name}_tooth_row_detail_std", round(float(detail.std()), 2))
-    assert detail.std() > 3.0
+    tooth = renderer.mouth.tooth_width
+    profile = _upper_row_profile(renderer, renderer.render(motion), motion, depth_px=0.3 * tooth)
+    period, strength = _periodicity(profile)
+    record_property(f"{name}_mid_opening_periodicity", round(strength, 2))
+    assert 0.6 * tooth <= period <= 1.25 * tooth and strength >= MIN_PERIODICITY, (period, strength, tooth)
