@@ -27,10 +27,6 @@ def forward_flow(matrix: sparse.csr_matrix, disp: np.ndarray, shape: tuple[int, 
     return flow / step
 
 
-def _sample(field: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return cv2.remap(field, points[..., 0], points[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np.ndarray:
     """Backward flow (grid units) by Newton's method on p + F(p) = q.
 
@@ -64,15 +60,6 @@ def invert_newton(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np
             step *= np.minimum(1.0, _MAX_STEP / np.maximum(np.hypot(step[0], step[1]), 1e-6))
         s -= step
     return cv2.merge(list(s - q))
-
-
-def invert_fixed_point(forward: np.ndarray, nodes: np.ndarray, iterations: int) -> np.ndarray:
-    """Backward flow (grid units) by iterating p <- q - F(p): slow but it never overshoots,
-    which a one-off warp that collapses a region entirely (sealing parted lips) needs."""
-    source = nodes - forward
-    for _ in range(iterations):
-        source = nodes - _sample(forward, source)
-    return source - nodes
 
 
 def upsample(backward: np.ndarray, step: int, size: tuple[int, int]) -> np.ndarray:

@@ -1,26 +1,82 @@
 """The mouth compositor: what shows between the lips once the warp has moved them.
 
 A warp can only stretch the pixels the portrait has; an opening mouth needs pixels it does
-not have. The portrait's own cavity (if its lips are parted) is split into the part that
-rides the skull (upper teeth) and the part that rides the jaw (lower teeth); each is moved by
-an affine fit to its lip contour. Whatever opens between them, or the whole cavity for a
-closed-mouth portrait, is synthesised: a dark gradient, a tongue, and a hint of teeth.
+not have. Whatever the mouth opens beyond the portrait's own opening is drawn here; at rest
+nothing is, so the rest pose is the portrait's own pixels.
+
+The interior is a few *pieces*, each an image in the portrait's rest coordinates that rides
+one lip (a similarity fit to that lip's inner contour) over a cavity that darkens with depth
+and holds a tongue:
+
+* a portrait with parted lips shows its own cavity: the part above a split line rides the
+  upper lip (upper teeth), the part below rides the jaw;
+* a closed-mouth portrait gets a synthetic dental arch, drawn once per avatar: individual
+  upper and lower teeth whose widths follow an arch seen in perspective, with gaps, a gum
+  line under the lip's rest edge (so the lip covers the top of the upper row), shading
+  towards the corners and the gums. Its colours come from the portrait (tooth tone from the
+  sclera, gums, tongue and cavity from the lips); a greyscale portrait stays grey and a
+  flat-shaded drawing gets flat teeth.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
+from engine import face_topology as topo
 from engine.rig import Rig
 
 _SUBPIXEL_BITS = 3
-_CAVITY_TOP = np.array([28.0, 10.0, 12.0], np.float32)
-_CAVITY_BOTTOM = np.array([96.0, 38.0, 42.0], np.float32)
-_TONGUE = np.array([150.0, 68.0, 72.0], np.float32)
-_UPPER_TEETH = np.array([228.0, 222.0, 208.0], np.float32)
-_LOWER_TEETH = np.array([196.0, 190.0, 178.0], np.float32)
-_MIN_OPEN_AREA = 2.0  # px²: below this the lips touch and nothing is drawn
+
+# The dental arch in millimetres, from the midline outwards: crown widths along the arch and
+# the length of crown below the upper lip's rest edge (above the lower lip's, for the lower
+# row). Half the mouth's inner width is taken as _HALF_MOUTH_MM, which is also the arch radius.
+_UPPER_WIDTHS_MM = (8.5, 6.5, 7.5, 7.0, 6.5, 10.0)
+_UPPER_CROWNS_MM = (8.0, 7.0, 7.5, 6.0, 5.5, 4.5)
+_LOWER_WIDTHS_MM = (5.0, 5.5, 6.5, 7.0, 7.0, 11.0)
+_LOWER_CROWNS_MM = (3.5, 3.5, 3.8, 3.2, 2.8, 2.2)
+_HALF_MOUTH_MM = 25.0
+_LOWER_ARCH = 0.9  # the lower arch sits inside the upper one
+_GUM_LINE_MM = 2.0  # gum margin above the lip's rest edge, papillae reach 1.2 mm lower
+_GUM_DEPTH_MM = 6.0  # gum drawn beyond the margin, all of it under the lip at rest
+_CORNER_START = 0.82  # |across| where the teeth start to vanish into the corners
+
+# Below this chroma (mean |channel - grey| over the face) a portrait is greyscale.
+_GREY_CHROMA = 2.0
+# A portrait is flat-shaded (a drawing, a cel-shaded anime face) when this share of its face
+# has a luminance gradient under _FLAT_GRADIENT levels per pixel (photos: about 1 %).
+_FLAT_GRADIENT = 0.5
+_FLAT_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class MouthStyle:
+    """Colours (float32 RGB) and shading of a portrait's mouth interior."""
+
+    teeth: np.ndarray
+    gum: np.ndarray
+    tongue: np.ndarray
+    cavity_top: np.ndarray
+    cavity_bottom: np.ndarray
+    flat: bool
+    # Tongue mask as clip(gain * blob - offset): soft for photos, nearly hard-edged when flat.
+    tongue_gain: float
+    tongue_offset: float
+    corner_shade: float  # how much darker the cavity is at the corners than at the centre
+
+
+@dataclass
+class MouthPiece:
+    """An image that rides one lip. ``image`` is RGB (alpha from ``polygon``) or RGBA (its
+    own alpha; zero at the border); ``origin`` is its top-left in rest pixels."""
+
+    image: np.ndarray
+    origin: np.ndarray  # (2,) float32
+    rest: np.ndarray  # (K, 2) the lip's inner contour at rest, pixels
+    lip: str  # "upper" or "lower"
+    polygon: np.ndarray | None  # (P, 2) rest pixels, for RGB pieces
 
 
 def _polygon_mask(shape: tuple[int, int], polygon: np.ndarray, blur: float) -> np.ndarray:
@@ -50,31 +106,213 @@ def _shoelace(polygon: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _median_colour(image: np.ndarray, mask: np.ndarray, fallback: tuple[float, float, float]) -> np.ndarray:
+    pixels = image[mask > 0]
+    return np.median(pixels, axis=0).astype(np.float32) if len(pixels) >= 8 else np.array(fallback, np.float32)
+
+
+def portrait_style(image: np.ndarray, landmarks: np.ndarray) -> MouthStyle:
+    """The mouth interior's colours and shading, read from the portrait (H, W, 3 uint8 RGB)
+    and its (478, 2+) pixel landmarks."""
+    lm = landmarks[:, :2].astype(np.float32)
+    shape = image.shape[:2]
+
+    def fill(*contours: tuple[int, ...]) -> np.ndarray:
+        mask = np.zeros(shape, np.uint8)
+        for contour in contours:
+            cv2.fillPoly(mask, [np.round(lm[list(contour)]).astype(np.int32)], 1)
+        return mask
+
+    face = fill(topo.FACE_OVAL)
+    skin = face.astype(bool)
+    pixels = image[skin].astype(np.float32)
+    grey = float(np.abs(pixels - pixels.mean(1, keepdims=True)).mean()) < _GREY_CHROMA
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gradient = np.hypot(cv2.Sobel(luma, cv2.CV_32F, 1, 0), cv2.Sobel(luma, cv2.CV_32F, 0, 1)) / 8
+    flat = float((gradient[skin] < _FLAT_GRADIENT).mean()) > _FLAT_SHARE
+
+    # Sclera: the brightest part of each eye opening, the iris left out.
+    eyes = fill(topo.LEFT_EYE_UPPER + topo.LEFT_EYE_LOWER[::-1], topo.RIGHT_EYE_UPPER + topo.RIGHT_EYE_LOWER[::-1])
+    for iris in (topo.LEFT_IRIS, topo.RIGHT_IRIS):
+        centre = lm[iris[0]]
+        radius = float(np.linalg.norm(lm[list(iris[1:])] - centre, axis=1).mean())
+        cv2.circle(eyes, tuple(int(v) for v in np.round(centre)), int(np.ceil(radius * 1.1)), 0, -1)
+    eye_pixels = image[eyes > 0].astype(np.float32)
+    if len(eye_pixels) >= 8:
+        bright = eye_pixels[_luma(eye_pixels) >= np.percentile(_luma(eye_pixels), 65)]
+        sclera = np.median(bright, axis=0).astype(np.float32)
+    else:
+        sclera = np.array([225.0, 222.0, 215.0], np.float32)
+    # Teeth take the sclera's light and a trace of its cast (the sample may catch skin or a
+    # reddened eye), an ivory a little darker than the sclera.
+    teeth = _luma(sclera) * np.array([0.97, 0.94, 0.86], np.float32) + 0.12 * (sclera - _luma(sclera))
+    # Shadowed or hidden eyes read dark: teeth are never darker than the face's skin.
+    skin_luma = float(np.median(_luma(pixels)))
+    teeth *= float(np.clip(max(_luma(teeth), 1.2 * skin_luma), 90, 235)) / max(float(_luma(teeth)), 1.0)
+
+    lips = fill(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER[::-1]) - fill(topo.UPPER_LIP_INNER + topo.LOWER_LIP_INNER[::-1])
+    lip = _median_colour(image, lips, (170.0, 95.0, 95.0))
+    colours = {
+        "teeth": teeth,
+        "gum": np.minimum(lip * 1.08, 255),
+        "tongue": lip * 0.78,
+        "cavity_top": lip * 0.2,
+        "cavity_bottom": lip * (0.2 if flat else 0.5),
+    }
+    if grey:
+        colours = {name: np.repeat(_luma(value), 3).astype(np.float32) for name, value in colours.items()}
+    return MouthStyle(
+        **{name: np.asarray(value, np.float32) for name, value in colours.items()},
+        flat=flat,
+        tongue_gain=8.0 if flat else 0.6,
+        tongue_offset=3.5 if flat else 0.0,
+        corner_shade=0.15 if flat else 0.45,
+    )
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+class _Arch:
+    """Where a pixel falls on one row of teeth: which tooth, how far across it (0..1), and
+    how much the arch has turned away from the camera there (cos of the arch angle)."""
+
+    def __init__(self, widths_mm: tuple[float, ...], radius_mm: float) -> None:
+        self.widths = np.array(widths_mm, np.float32)
+        self.edges = np.concatenate([[0.0], np.cumsum(self.widths)]).astype(np.float32)
+        self.radius = radius_mm
+
+    def locate(self, x_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sine = np.clip(np.abs(x_mm) / self.radius, 0.0, 0.999)
+        along = self.radius * np.arcsin(sine)  # arc length from the midline
+        tooth = np.clip(np.searchsorted(self.edges, along, side="right") - 1, 0, len(self.widths) - 1)
+        t = np.clip((along - self.edges[tooth]) / self.widths[tooth], 0.0, 1.0)
+        return tooth, t, np.sqrt(1 - sine**2)
+
+
+def _row(
+    style: MouthStyle, arch: _Arch, crowns_mm: tuple[float, ...], x_mm: np.ndarray, depth_mm: np.ndarray,
+    across: np.ndarray, px_per_mm: float, colour: np.ndarray,
+) -> np.ndarray:
+    """One row of teeth with its gum as RGBA (float, alpha 0..1). ``depth_mm`` is how far a
+    pixel lies beyond its lip's rest edge towards the crown tips (negative: under the lip)."""
+    tooth, t, facing = arch.locate(x_mm)
+    side = 2 * t - 1
+    tip = np.array(crowns_mm, np.float32)[tooth] - 1.5 * side**4  # rounded incisal corners
+    gum_line = -_GUM_LINE_MM + 1.2 * side**2  # papillae between the teeth
+    # Distance to the nearest neighbour, in pixels as the camera sees it: a dark interdental line.
+    gap_px = np.minimum(t, 1 - t) * arch.widths[tooth] * facing * px_per_mm
+    gap = np.exp(-((gap_px / 0.6) ** 2))
+    enamel = np.clip((tip - depth_mm) * px_per_mm + 0.5, 0.0, 1.0) * np.clip((depth_mm - gum_line) * px_per_mm + 0.5, 0.0, 1.0)
+    gum = np.clip((gum_line - depth_mm) * px_per_mm + 0.5, 0.0, 1.0) * (depth_mm > -_GUM_LINE_MM - _GUM_DEPTH_MM)
+    if style.flat:
+        shade = 1.0 - 0.2 * (across > 0.6)
+        rgb = colour * (shade * (1 - 0.3 * gap))[..., None]
+    else:
+        # Rounder towards each tooth's edges, darker towards the back of the mouth and in the
+        # lip's shadow, and a little translucent at the tips.
+        shade = (0.88 + 0.12 * np.sin(np.pi * t)) * (1 - 0.4 * across**2) * (0.8 + 0.2 * facing)
+        shade *= 1 - 0.2 * np.exp(-np.maximum(depth_mm, 0) / 1.5)
+        rgb = colour * (shade * (1 - 0.3 * gap))[..., None]
+        edge = 0.3 * np.exp(-np.maximum(tip - depth_mm, 0) / 0.8)[..., None]
+        rgb += edge * (style.cavity_top - rgb)
+    gum_rgb = style.gum * (1 - (0.25 if style.flat else 0.5) * across**2)[..., None]
+    cover = enamel + gum
+    rgb = (rgb * enamel[..., None] + gum_rgb * gum[..., None]) / np.maximum(cover, 1e-3)[..., None]
+    vanish = 1 - _smoothstep(_CORNER_START, 1.0, across)
+    return np.concatenate([rgb, (cover * vanish)[..., None]], axis=-1)
+
+
+def synthetic_teeth(rig: Rig, style: MouthStyle) -> tuple[MouthPiece, MouthPiece, float]:
+    """Upper and lower rows of teeth for a closed-mouth portrait, in its rest pixels, and the
+    width in pixels of an upper central incisor."""
+    frame, mouth = rig.frame, rig.mouth
+    upper = rig.vertices[mouth.upper_inner, :2].astype(np.float64)
+    lower = rig.vertices[mouth.lower_inner, :2].astype(np.float64)
+    upper_face, lower_face = frame.to_face(upper), frame.to_face(lower)
+    corners = upper_face[[0, -1], 0]
+    centre_a = float(corners.mean())
+    half_face = max(float(abs(corners[1] - corners[0])) / 2, 1e-3)
+    px_per_mm = half_face * frame.iod / _HALF_MOUTH_MM
+    reach = (_GUM_LINE_MM + _GUM_DEPTH_MM + max(_UPPER_CROWNS_MM)) * px_per_mm + 3
+    points = np.concatenate([upper, lower])
+    x0, y0 = np.floor(points.min(0) - reach).astype(int)
+    x1, y1 = np.ceil(points.max(0) + reach).astype(int)
+    xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
+    face = frame.to_face(np.stack([xs.ravel(), ys.ravel()], axis=1))
+    a, b = face[:, 0].reshape(xs.shape), face[:, 1].reshape(xs.shape)
+    x_mm = (a - centre_a) / half_face * _HALF_MOUTH_MM
+    across = np.minimum(np.abs(x_mm) / _HALF_MOUTH_MM, 1.0)
+
+    def edge(contour: np.ndarray) -> np.ndarray:
+        order = np.argsort(contour[:, 0])
+        return np.interp(a, contour[order, 0], contour[order, 1])
+
+    mm_per_face = _HALF_MOUTH_MM / half_face
+    pieces = []
+    for lip, contour, depth, arch, crowns, colour in (
+        ("upper", upper, (b - edge(upper_face)) * mm_per_face,
+         _Arch(_UPPER_WIDTHS_MM, _HALF_MOUTH_MM), _UPPER_CROWNS_MM, style.teeth),
+        ("lower", lower, (edge(lower_face) - b) * mm_per_face,
+         _Arch(_LOWER_WIDTHS_MM, _LOWER_ARCH * _HALF_MOUTH_MM), _LOWER_CROWNS_MM, style.teeth * 0.85),
+    ):
+        rgba = _row(style, arch, crowns, x_mm, depth, across, px_per_mm, colour)
+        rgba[..., 3] *= 255
+        rgba[[0, -1]] = 0  # a transparent border: samples beyond the piece are nothing
+        rgba[:, [0, -1]] = 0
+        image = np.clip(np.round(rgba), 0, 255).astype(np.uint8)
+        pieces.append(MouthPiece(image, np.array([x0, y0], np.float32), contour.astype(np.float32), lip, None))
+    return pieces[0], pieces[1], _UPPER_WIDTHS_MM[0] * px_per_mm
+
+
 class MouthCompositor:
     """Draws the inside of the mouth onto a warped frame."""
 
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         mouth = rig.mouth
-        self.has_cavity = mouth.cavity_image is not None
-        if self.has_cavity:
+        iod = rig.frame.iod
+        self.style = portrait_style(rig.image, rig.vertices)
+        self.feather = max(0.5, 0.008 * iod)
+        if mouth.cavity_image is not None:
             # Each piece reaches a little under its lip, so no seam of cavity shows where the
             # piece's edge and the opening's edge are both feathered.
-            tuck = (0.025 * rig.frame.iod * rig.frame.v).astype(np.float32)
-            self.upper_piece = np.concatenate([mouth.cavity_upper - tuck, mouth.cavity_split[::-1]])
-            self.lower_piece = np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1] + tuck])
-        iod = rig.frame.iod
-        self.teeth_height = 0.1 * iod
-        self.feather = max(0.5, 0.008 * iod)
+            tuck = (0.025 * iod * rig.frame.v).astype(np.float32)
+            origin = np.zeros(2, np.float32)
+            self.pieces = [
+                MouthPiece(mouth.cavity_image, origin, mouth.cavity_lower, "lower",
+                           np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1] + tuck])),
+                MouthPiece(mouth.cavity_image, origin, mouth.cavity_upper, "upper",
+                           np.concatenate([mouth.cavity_upper - tuck, mouth.cavity_split[::-1]])),
+            ]
+            self.tooth_width = 0.0
+        else:
+            upper, lower, self.tooth_width = synthetic_teeth(rig, self.style)
+            self.pieces = [lower, upper]  # the upper row overlaps the lower one
+        rest = rig.vertices[:, :2]
+        self.rest_area = _shoelace(np.concatenate([rest[mouth.upper_inner], rest[mouth.lower_inner][::-1]]))
+        # The interior fades in once the lips part ~0.015 iod (a pixel or so) beyond the
+        # portrait's own opening, fully by ~0.045 iod (a lens of central gap g and width w has
+        # area 2/3 g w): idle lip motion in silence draws nothing.
+        width = float(np.ptp(rest[mouth.upper_inner, 0]))
+        self.fade_area = max(0.02 * iod * width, 1.0)
+        self.rest_area += 0.5 * self.fade_area
 
-    def composite(self, frame: np.ndarray, positions: np.ndarray, jaw_open: float) -> None:
+    def composite(self, frame: np.ndarray, positions: np.ndarray) -> None:
         """Draw the mouth interior into ``frame`` (uint8 RGB, modified in place) given the
         displaced vertex ``positions`` (V, 2) of this frame."""
         upper = positions[self.rig.mouth.upper_inner]
         lower = positions[self.rig.mouth.lower_inner]
         opening = np.concatenate([upper, lower[::-1]]).astype(np.float32)
-        if _shoelace(opening) < _MIN_OPEN_AREA:
-            return
+        fade = min(max((_shoelace(opening) - self.rest_area) / self.fade_area, 0.0), 1.0)
+        if fade <= 0.0:
+            return  # no wider than the portrait's own mouth: its own pixels stay
         height, width = frame.shape[:2]
         margin = 3
         x0, y0 = np.maximum(np.floor(opening.min(0)).astype(int) - margin, 0)
@@ -83,18 +321,16 @@ class MouthCompositor:
             return
         offset = np.array([x0, y0], np.float32)
         shape = (y1 - y0, x1 - x0)
-        canvas = self._cavity(shape, opening - offset, upper - offset, lower - offset, jaw_open)
-        if self.has_cavity:
-            mouth = self.rig.mouth
-            self._paste_piece(canvas, self.lower_piece, mouth.cavity_lower, lower, offset)
-            self._paste_piece(canvas, self.upper_piece, mouth.cavity_upper, upper, offset)
-        alpha = _polygon_mask(shape, opening - offset, self.feather)[..., None]
+        canvas = self._cavity(shape, opening - offset)
+        for piece in self.pieces:
+            self._paste_piece(canvas, piece, upper if piece.lip == "upper" else lower, offset)
+        alpha = fade * _polygon_mask(shape, opening - offset, self.feather)[..., None]
         region = frame[y0:y1, x0:x1].astype(np.float32)
         frame[y0:y1, x0:x1] = np.clip(region + alpha * (canvas - region), 0, 255).astype(np.uint8)
 
-    def _cavity(
-        self, shape: tuple[int, int], opening: np.ndarray, upper: np.ndarray, lower: np.ndarray, jaw_open: float
-    ) -> np.ndarray:
+    def _cavity(self, shape: tuple[int, int], opening: np.ndarray) -> np.ndarray:
+        """The back of the mouth: darkest at the top and corners, the tongue at the bottom."""
+        style = self.style
         h, w = shape
         # Every term depends on the row or on the column alone: computed on a (h, 1) column
         # and a (1, w) row and broadcast, in float32, instead of over the whole (h, w) window.
@@ -106,54 +342,24 @@ class MouthCompositor:
         centre_x = float(opening[:, 0].mean())
         half_width = max(float(np.ptp(opening[:, 0])) / 2, 1.0)
         across = np.clip(np.abs(xs - centre_x) / half_width, 0, 1)[..., None]
-        # Corners of the mouth are deeper in shadow than its centre.
-        canvas = (_CAVITY_TOP + t * (_CAVITY_BOTTOM - _CAVITY_TOP)) * (1 - 0.45 * across**2)
-        tongue = np.exp(-(((xs - centre_x) / (0.45 * half_width)) ** 2)) * np.exp(-(((ys - bottom) / (0.35 * gap)) ** 2))
-        canvas += 0.6 * tongue[..., None] * (_TONGUE - canvas)
-        if not self.has_cavity:
-            self._synthetic_teeth(canvas, upper, lower, centre_x, half_width, gap, jaw_open)
+        canvas = (style.cavity_top + t * (style.cavity_bottom - style.cavity_top)) * (1 - style.corner_shade * across**2)
+        blob = np.exp(-(((xs - centre_x) / (0.45 * half_width)) ** 2)) * np.exp(-(((ys - bottom) / (0.35 * gap)) ** 2))
+        tongue = np.clip(style.tongue_gain * blob - style.tongue_offset, 0, 1)
+        canvas += tongue[..., None] * (style.tongue - canvas)
         return canvas
 
-    def _synthetic_teeth(
-        self, canvas: np.ndarray, upper: np.ndarray, lower: np.ndarray,
-        centre_x: float, half_width: float, gap: float, jaw_open: float,
-    ) -> None:
-        """A portrait with closed lips gets a hint of teeth under the upper lip (and of the
-        lower teeth when the jaw drops far), shaded darker towards the corners."""
-        h, w = canvas.shape[:2]
-        xs = np.arange(w, dtype=np.float32)
-        across = np.clip(np.abs(xs - centre_x) / half_width, 0, 1)
-        shade = (1 - 0.6 * across**2)[None, :, None]
-        height = min(self.teeth_height, 0.42 * gap)
-        ys = np.arange(h, dtype=np.float32)[:, None]
-        upper_edge = np.interp(xs, *self._sorted(upper))[None, :]
-        lower_edge = np.interp(xs, *self._sorted(lower))[None, :]
-        visible = (across < 0.8)[None, :]
-        below_lip = ys - upper_edge
-        upper_alpha = np.clip(1 - (below_lip - height * (1 - 0.5 * across[None, :] ** 2)) / 1.5, 0, 1) * (below_lip > -1)
-        upper_alpha = (upper_alpha * visible * (1 - across[None, :] ** 4))[..., None]
-        canvas += upper_alpha * (_UPPER_TEETH * shade - canvas)
-        lower_amount = float(np.clip((jaw_open - 0.25) / 0.35, 0, 1))
-        if lower_amount > 0:
-            above_lip = lower_edge - ys
-            lower_height = 0.5 * height * lower_amount
-            lower_alpha = np.clip(1 - (above_lip - lower_height) / 1.5, 0, 1) * (above_lip > -1)
-            lower_alpha = (lower_alpha * visible * (1 - across[None, :] ** 2))[..., None] * 0.85
-            canvas += lower_alpha * (_LOWER_TEETH * shade - canvas)
-
-    @staticmethod
-    def _sorted(contour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(contour[:, 0])
-        return contour[order, 0], contour[order, 1]
-
-    def _paste_piece(
-        self, canvas: np.ndarray, piece: np.ndarray, rest: np.ndarray, moved: np.ndarray, offset: np.ndarray
-    ) -> None:
-        """Move one part of the portrait's own cavity with the lip it belongs to."""
-        affine = _similarity(rest, moved)
+    def _paste_piece(self, canvas: np.ndarray, piece: MouthPiece, moved: np.ndarray, offset: np.ndarray) -> None:
+        """Move one piece with the lip it belongs to."""
+        affine = _similarity(piece.rest, moved)
         affine[:, 2] -= offset
         h, w = canvas.shape[:2]
-        warped = cv2.warpAffine(self.rig.mouth.cavity_image, affine, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        polygon = piece @ affine[:, :2].T + affine[:, 2]
-        alpha = _polygon_mask((h, w), polygon, self.feather)[..., None]
+        local = affine.copy()  # from the piece's own pixels
+        local[:, 2] += affine[:, :2] @ piece.origin
+        warped = cv2.warpAffine(piece.image, local, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if piece.polygon is None:
+            alpha = warped[..., 3:].astype(np.float32) / 255
+            warped = warped[..., :3]
+        else:
+            polygon = piece.polygon @ affine[:, :2].T + affine[:, 2]
+            alpha = _polygon_mask((h, w), polygon, self.feather)[..., None]
         canvas += alpha * (warped.astype(np.float32) - canvas)

@@ -81,7 +81,8 @@ class Renderer:
         """(V, 2) pixel displacement of every rig vertex for one motion frame."""
         rig = self.rig
         activations = motion[BLEND_SLICE].copy()
-        # mouthClose seals only what the jaw opened, as in ARKit.
+        # mouthClose seals only what the jaw opened, as in ARKit: lips the portrait shows
+        # parted stay as the portrait has them.
         activations[self._close] *= activations[self._jaw]
         # einsum, not @: this product is too small for BLAS, whose idle worker thread would
         # otherwise spin between frames and eat a core.
@@ -108,7 +109,7 @@ class Renderer:
             x0, y0, x1, y1 = detail.grid.roi
             region = out[y0:y1, x0:x1].astype(np.float32)
             out[y0:y1, x0:x1] = (region + weight * (detail.warp(disp) - region)).astype(np.uint8)
-        self.mouth.composite(out, self.rig.vertices[:, :2] + disp, float(motion[INDEX["jawOpen"]]))
+        self.mouth.composite(out, self.rig.vertices[:, :2] + disp)
         return out
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 from scipy import sparse
 from scipy.spatial import Delaunay
 
 from engine import face_topology as topo
-from engine.flow import forward_flow, invert_fixed_point, node_grid
 from engine.motion_space import BLENDSHAPES
 
 BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}
@@ -43,7 +41,6 @@ class RigConfig:
     # face's depth keeps ±15° of yaw free of folds while the parallax still reads as a turn.
     depth_scale: float = 0.5
     inverse_iterations: int = 3  # Newton steps per frame (99th-percentile residual < 1 px)
-    sealing_iterations: int = 200  # fixed-point steps for the one-off sealing of parted lips
 
 
 @dataclass
@@ -104,7 +101,7 @@ class FlowGrid:
 class Rig:
     """A portrait's rig. See the module docstring."""
 
-    image: np.ndarray  # (H, W, 3) uint8 RGB: the portrait at rest, lips sealed
+    image: np.ndarray  # (H, W, 3) uint8 RGB: the portrait at rest, as it is
     frame: FaceFrame
     vertices: np.ndarray  # (V, 3) rest positions in pixels; z in pixels, towards the camera < 0
     head_weight: np.ndarray  # (V,) how much each vertex follows the head pose
@@ -338,20 +335,12 @@ class _Builder:
         cheek_basis = _spread(self.vertices[:, :2], handles, disp, 1.6 * self.config.spread * self.frame.iod)
         return np.where(self.is_landmark[:, None], cheek_basis, basis)
 
-    def neutral_closure(self) -> tuple[np.ndarray, float]:
-        """Seal lips the portrait shows parted: the lower lip rises to meet the upper one."""
-        lips = self.lip_sets
-        gap = np.zeros(self.n)
-        for name in ("lower_inner", "lower_outer"):
-            idx = lips[name]
-            upper = _contour_height(self.face, topo.UPPER_LIP_INNER, self.face[idx, 0])
-            inner_b = _contour_height(self.face, topo.LOWER_LIP_INNER, self.face[idx, 0])
-            gap[idx] = np.maximum(inner_b - upper, 0.0)
-        centre_gap = float(gap[list(topo.LOWER_LIP_MID[:1])].max())
-        dv = -self.jaw_weight() * centre_gap * 0.5
-        lip_idx = np.concatenate([lips["lower_inner"], lips["lower_outer"]])
-        dv[lip_idx] = -gap[lip_idx]
-        return self.frame.to_pixels(np.zeros(self.n), dv), centre_gap * self.frame.iod
+    def lip_gap(self) -> float:
+        """Pixels between the inner lips at the mouth's centre (0 for closed lips)."""
+        idx = np.array(topo.LOWER_LIP_MID[:1])
+        upper = _contour_height(self.face, topo.UPPER_LIP_INNER, self.face[idx, 0])
+        lower = _contour_height(self.face, topo.LOWER_LIP_INNER, self.face[idx, 0])
+        return float(max(lower[0] - upper[0], 0.0)) * self.frame.iod
 
     def eye_bases(self) -> dict[str, np.ndarray]:
         bases = {}
@@ -472,42 +461,23 @@ class _Builder:
         return centre + np.r_[self.frame.v * 0.25 * self.frame.iod, 0.0]
 
 
-_SEAL_MIN_GAP = 1.5  # pixels of parted lips worth sealing
-
-
-def _seal_lips(image: np.ndarray, builder: _Builder, closure: np.ndarray) -> np.ndarray:
-    """The portrait with its parted lips closed, warped once at full resolution."""
-    grid = builder.flow_grid(builder.triangulation(), builder.roi, 1)
-    nodes = node_grid(*grid.shape)
-    forward = forward_flow(grid.matrix, closure, grid.shape, 1)
-    backward = invert_fixed_point(forward, nodes, builder.config.sealing_iterations)
-    x0, y0, x1, y1 = grid.roi
-    maps = nodes + backward + np.array([x0, y0], np.float32)
-    sealed = image.copy()
-    sealed[y0:y1, x0:x1] = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return sealed
+_PARTED_MIN_GAP = 1.5  # pixels between the lips above which the portrait's own cavity is kept
 
 
 def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigConfig()) -> Rig:
     """Build the rig of a portrait (H, W, 3 uint8 RGB) from its (478, 3) pixel landmarks.
 
-    A portrait with parted lips is first sealed (lower lip raised to meet the upper one) so
-    that every avatar rests with its mouth closed; its own cavity is kept for the mouth
-    compositor to show when the jaw opens."""
+    The rest pose is the portrait as it is; a portrait with parted lips keeps its own cavity
+    for the mouth compositor to show when the jaw opens."""
     image = np.ascontiguousarray(image)
     builder = _Builder(landmarks, config, image.shape[:2])
-    closure, centre_gap = builder.neutral_closure()
     mouth = MouthRig(np.array(topo.UPPER_LIP_INNER), np.array(topo.LOWER_LIP_INNER))
-    if centre_gap > _SEAL_MIN_GAP:
+    if builder.lip_gap() > _PARTED_MIN_GAP:
         upper = landmarks[mouth.upper_inner, :2].astype(np.float32)
         lower = landmarks[mouth.lower_inner, :2].astype(np.float32)
         # Upper teeth fill most of a parted mouth: split the cavity 60 % of the way down.
         mouth = replace(mouth, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
                         cavity_split=upper + 0.6 * (lower - upper))
-        image = _seal_lips(image, builder, closure)
-        sealed = landmarks.astype(np.float64).copy()
-        sealed[:, :2] += closure[: len(landmarks)]
-        builder = _Builder(sealed, config, image.shape[:2])
     bases = {**builder.mouth_bases(), **builder.eye_bases(), **builder.brow_bases()}
     stacked = np.stack([bases[name] for name in BLENDSHAPES])
     # Anchors never move: that is what keeps the background an exact copy.

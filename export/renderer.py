@@ -11,10 +11,12 @@ frames ``(B, H, W, 3)`` uint8 RGB, with the same maths as the CPU renderer:
 4. bilinear upsampling to pixels (``F.interpolate``, half-pixel centres as ``cv2.resize``);
 5. ``grid_sample`` of the portrait over the rig's roi, pasted into the untouched frame;
 6. the eyes' full-resolution detail warps, feathered in as the CPU renderer does;
-7. the mouth compositor: synthesised cavity (gradient, tongue; teeth for closed-lip
-   portraits), the portrait's own cavity pieces moved by similarity fits, and a feathered
-   mask of the lip opening (OpenCV's polygon rasterisation as per-pixel edge tests, then
-   its Gaussian) over a fixed-size window that follows the mouth.
+7. the mouth compositor: synthesised cavity (gradient, tongue), the mouth pieces (the
+   portrait's own cavity, or the synthetic rows of teeth the CPU compositor draws once per
+   avatar) moved by similarity fits, and a feathered mask of the lip opening (OpenCV's
+   polygon rasterisation as per-pixel edge tests, then its Gaussian) faded in by how far
+   the lips part beyond the portrait's own opening, over a fixed-size window that follows
+   the mouth.
 
 Conventions that make it match OpenCV (the parity risks):
 
@@ -40,15 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.flow import _MAX_STEP, _MIN_JACOBIAN
-from engine.motion_space import BLEND_SLICE, HEAD_LIMITS, INDEX
-from engine.mouth import (
-    _CAVITY_BOTTOM, _CAVITY_TOP, _LOWER_TEETH, _MIN_OPEN_AREA, _SUBPIXEL_BITS, _TONGUE, _UPPER_TEETH,
-)
+from engine.motion_space import BLEND_SLICE, HEAD_LIMITS
+from engine.mouth import _SUBPIXEL_BITS, MouthPiece
+from engine.mouth import MouthCompositor as CpuMouthCompositor
 from engine.render import _feather, rotation_matrix
 from engine.rig import BASIS_INDEX, FlowGrid, Rig
 
 # Bumped when the maths of this module changes in a way the source hash would not show.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 
 _INTER_TAB = 32.0  # OpenCV's sub-pixel resolution for bilinear remap/warpAffine (1 << INTER_BITS)
 _POLY_SUBPIXEL = float(1 << _SUBPIXEL_BITS)  # cv2.fillPoly's shift: vertices on a 1/8 px lattice
@@ -155,19 +156,6 @@ def _gather_table(matrix) -> tuple[np.ndarray, np.ndarray]:
         index[rows, slot] = matrix.indices[where]
         weight[rows, slot] = matrix.data[where]
     return index, weight
-
-
-def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Batched ``np.interp``: x (B, Q), xp (B, K) increasing, fp (B, K) -> (B, Q)."""
-    q = x.unsqueeze(1)
-    xl, xr = xp[:, :-1].unsqueeze(2), xp[:, 1:].unsqueeze(2)
-    fl, fr = fp[:, :-1].unsqueeze(2), fp[:, 1:].unsqueeze(2)
-    width = xr - xl
-    slope = (fr - fl) / torch.where(width > 0, width, torch.ones_like(width))
-    inside = (q >= xl) & (q < xr)
-    value = torch.where(inside, fl + (q - xl) * slope, torch.zeros_like(q * slope)).sum(1)
-    value = torch.where(x < xp[:, :1], fp[:, :1].expand_as(value), value)
-    return torch.where(x >= xp[:, -1:], fp[:, -1:].expand_as(value), value)
 
 
 def rotation_matrices(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
@@ -372,33 +360,37 @@ class MouthCompositor(nn.Module):
         opening = np.concatenate([np.asarray(mouth.upper_inner), np.asarray(mouth.lower_inner)[::-1]])
         self.register_buffer("opening_index", torch.as_tensor(opening, dtype=torch.int64), persistent=False)
         self.window = mouth_window(rig)  # (rows, cols)
-        iod = float(rig.frame.iod)
-        self.teeth_height = 0.1 * iod
-        self.mask = PolygonMask(max(0.5, 0.008 * iod))
-        self.has_cavity = mouth.cavity_image is not None
-        if self.has_cavity:
-            tuck = (0.025 * iod * rig.frame.v).astype(np.float32)
-            upper_piece = np.concatenate([mouth.cavity_upper - tuck, mouth.cavity_split[::-1]])
-            lower_piece = np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1] + tuck])
-            cavity = np.ascontiguousarray(mouth.cavity_image.transpose(2, 0, 1))[None]
-            self.register_buffer("cavity_image", torch.from_numpy(cavity), persistent=False)
-            self.denoms = tuple(
-                max(float(((contour - contour.mean(0)) ** 2).sum()), 1e-9)
-                for contour in (mouth.cavity_lower.astype(np.float32), mouth.cavity_upper.astype(np.float32))
-            )
-            for name, value in (("upper_piece", upper_piece), ("lower_piece", lower_piece),
-                                ("cavity_upper", mouth.cavity_upper), ("cavity_lower", mouth.cavity_lower)):
-                self.register_buffer(name, torch.from_numpy(np.asarray(value, np.float32)), persistent=False)
+        # The CPU compositor reads the portrait's colours and draws the synthetic teeth once:
+        # the module takes its style and pieces as they are.
+        cpu = CpuMouthCompositor(rig)
+        style = cpu.style
+        self.mask = PolygonMask(cpu.feather)
+        self.rest_area, self.fade_area = float(cpu.rest_area), float(cpu.fade_area)
+        self.tongue_gain, self.tongue_offset = float(style.tongue_gain), float(style.tongue_offset)
+        self.corner_shade = float(style.corner_shade)
+        self.pieces = [self._register_piece(i, piece) for i, piece in enumerate(cpu.pieces)]
         rows, cols = self.window
         self.register_buffer("window_x", torch.arange(cols, dtype=torch.float32).view(1, -1), persistent=False)
         self.register_buffer("window_y", torch.arange(rows, dtype=torch.float32).view(1, -1), persistent=False)
-        for name, value in (("c_top", _CAVITY_TOP), ("c_bottom", _CAVITY_BOTTOM), ("c_tongue", _TONGUE),
-                            ("c_upper_teeth", _UPPER_TEETH), ("c_lower_teeth", _LOWER_TEETH)):
+        for name, value in (("c_top", style.cavity_top), ("c_bottom", style.cavity_bottom), ("c_tongue", style.tongue)):
             self.register_buffer(name, _colour(value), persistent=False)
 
-    def forward(self, frame: torch.Tensor, positions: torch.Tensor, jaw_open: torch.Tensor) -> torch.Tensor:
-        """frame (B, 3, H, W) uint8 values as float; positions (B, V, 2) displaced vertices;
-        jaw_open (B,) -> the frame with the mouth interior drawn in."""
+    def _register_piece(self, i: int, piece: MouthPiece) -> tuple[str, bool, float, tuple[int, int], bool]:
+        """Buffers for one piece -> (buffer prefix, whether it rides the upper lip, the rest
+        contour's centred sum of squares, the piece image's (H, W), whether it has alpha)."""
+        image = np.ascontiguousarray(piece.image.transpose(2, 0, 1))[None]
+        self.register_buffer(f"piece{i}_image", torch.from_numpy(image), persistent=False)
+        self.register_buffer(f"piece{i}_origin", torch.from_numpy(piece.origin.astype(np.float32)), persistent=False)
+        rest = piece.rest.astype(np.float32)
+        self.register_buffer(f"piece{i}_rest", torch.from_numpy(rest), persistent=False)
+        if piece.polygon is not None:
+            self.register_buffer(f"piece{i}_polygon", torch.from_numpy(piece.polygon.astype(np.float32)), persistent=False)
+        denom = max(float(((rest - rest.mean(0)) ** 2).sum()), 1e-9)
+        return f"piece{i}", piece.lip == "upper", denom, (int(image.shape[2]), int(image.shape[3])), piece.polygon is None
+
+    def forward(self, frame: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """frame (B, 3, H, W) uint8 values as float; positions (B, V, 2) displaced vertices
+        -> the frame with the mouth interior drawn in."""
         batch = frame.shape[0]
         rows, cols = self.window
         upper = torch.index_select(positions, 1, self.upper_index)
@@ -406,7 +398,7 @@ class MouthCompositor(nn.Module):
         opening = torch.index_select(positions, 1, self.opening_index)  # upper, then lower reversed
         ox, oy = opening[..., 0], opening[..., 1]
         area = 0.5 * torch.abs(_sum(ox * torch.roll(oy, 1, dims=1) - oy * torch.roll(ox, 1, dims=1), 1))
-        drawn = (area >= _MIN_OPEN_AREA).to(torch.float32).view(batch, 1, 1, 1)
+        fade = torch.clamp((area - self.rest_area) / self.fade_area, 0.0, 1.0).view(batch, 1, 1, 1)
 
         # The window: top-left at the opening's box less the margin, kept inside the image.
         left = torch.clamp(torch.floor(ox.min(1).values) - _MOUTH_MARGIN, min=0.0, max=float(self.width - cols))
@@ -416,11 +408,10 @@ class MouthCompositor(nn.Module):
         X = xs.view(batch, 1, 1, cols)
         Y = ys.view(batch, 1, rows, 1)
 
-        canvas = self._cavity(X, Y, xs, ys, ox, oy, upper, lower, jaw_open)
-        if self.has_cavity:
-            canvas = self._paste_piece(canvas, self.lower_piece, self.cavity_lower, self.denoms[0], lower, X, Y, xs, ys)
-            canvas = self._paste_piece(canvas, self.upper_piece, self.cavity_upper, self.denoms[1], upper, X, Y, xs, ys)
-        alpha = self.mask(opening, xs, ys) * drawn
+        canvas = self._cavity(X, Y, ox, oy)
+        for piece in self.pieces:
+            canvas = self._paste_piece(canvas, piece, upper if piece[1] else lower, X, Y, xs, ys)
+        alpha = self.mask(opening, xs, ys) * fade
 
         index = (Y * float(self.width) + X).to(torch.int64).view(batch, 1, rows * cols).expand(batch, 3, rows * cols)
         flat = frame.reshape(batch, 3, self.height * self.width)
@@ -429,7 +420,7 @@ class MouthCompositor(nn.Module):
         flat = torch.scatter(flat, 2, index, blended.reshape(batch, 3, rows * cols))
         return flat.view(batch, 3, self.height, self.width)
 
-    def _cavity(self, X, Y, xs, ys, ox, oy, upper, lower, jaw_open) -> torch.Tensor:
+    def _cavity(self, X, Y, ox, oy) -> torch.Tensor:
         batch = X.shape[0]
         top = oy.min(1).values.view(batch, 1, 1, 1)
         bottom = oy.max(1).values.view(batch, 1, 1, 1)
@@ -439,50 +430,29 @@ class MouthCompositor(nn.Module):
         centre_x = (_sum(ox, 1) * (1.0 / ox.shape[1])).view(batch, 1, 1, 1)
         half_width = torch.clamp((ox.max(1).values - ox.min(1).values) * 0.5, min=1.0).view(batch, 1, 1, 1)
         across = torch.clamp(torch.abs(X - centre_x) / half_width, 0.0, 1.0)
-        canvas = canvas * (1.0 - 0.45 * across**2)
-        tongue = torch.exp(-(((X - centre_x) / (0.45 * half_width)) ** 2) - (((Y - bottom) / (0.35 * gap)) ** 2))
-        canvas = canvas + 0.6 * tongue * (self.c_tongue - canvas)
-        if not self.has_cavity:
-            canvas = self._synthetic_teeth(canvas, X, Y, upper, lower, centre_x, half_width, gap, jaw_open)
-        return canvas
+        canvas = canvas * (1.0 - self.corner_shade * across**2)
+        blob = torch.exp(-(((X - centre_x) / (0.45 * half_width)) ** 2) - (((Y - bottom) / (0.35 * gap)) ** 2))
+        tongue = torch.clamp(self.tongue_gain * blob - self.tongue_offset, 0.0, 1.0)
+        return canvas + tongue * (self.c_tongue - canvas)
 
-    def _synthetic_teeth(self, canvas, X, Y, upper, lower, centre_x, half_width, gap, jaw_open) -> torch.Tensor:
+    def _paste_piece(self, canvas, piece, moved, X, Y, xs, ys) -> torch.Tensor:
+        """Move one mouth piece with its lip (similarity fit)."""
+        prefix, _, denom, size, rgba = piece
         batch = X.shape[0]
-        across = torch.clamp(torch.abs(X - centre_x) / half_width, 0.0, 1.0)  # (B, 1, 1, w)
-        shade = 1.0 - 0.6 * across**2
-        height = torch.clamp(gap * 0.42, max=self.teeth_height)
-
-        def edge(contour: torch.Tensor) -> torch.Tensor:
-            xp, order = torch.sort(contour[..., 0], dim=1)
-            fp = torch.gather(contour[..., 1], 1, order)
-            return _interp(X.view(batch, -1), xp, fp).view(batch, 1, 1, -1)
-
-        upper_edge, lower_edge = edge(upper), edge(lower)
-        visible = (across < 0.8).to(torch.float32)
-        below_lip = Y - upper_edge
-        upper_alpha = torch.clamp(1.0 - (below_lip - height * (1.0 - 0.5 * across**2)) / 1.5, 0.0, 1.0)
-        upper_alpha = upper_alpha * (below_lip > -1).to(torch.float32) * visible * (1.0 - across**4)
-        canvas = canvas + upper_alpha * (self.c_upper_teeth * shade - canvas)
-        lower_amount = torch.clamp((jaw_open - 0.25) / 0.35, 0.0, 1.0).view(batch, 1, 1, 1)
-        above_lip = lower_edge - Y
-        lower_alpha = torch.clamp(1.0 - (above_lip - 0.5 * height * lower_amount) / 1.5, 0.0, 1.0)
-        lower_alpha = lower_alpha * (above_lip > -1).to(torch.float32) * visible * (1.0 - across**2) * 0.85
-        lower_alpha = lower_alpha * (lower_amount > 0).to(torch.float32)
-        return canvas + lower_alpha * (self.c_lower_teeth * shade - canvas)
-
-    def _paste_piece(self, canvas, piece, rest, denom, moved, X, Y, xs, ys) -> torch.Tensor:
-        """Move one part of the portrait's own cavity with its lip (similarity fit)."""
-        batch = X.shape[0]
-        a, b, shift = _similarity(rest, moved, denom)
+        a, b, shift = _similarity(getattr(self, f"{prefix}_rest"), moved, denom)
         inv = 1.0 / torch.clamp(a * a + b * b, min=1e-12)
         a4, b4, inv4 = a.view(batch, 1, 1), b.view(batch, 1, 1), inv.view(batch, 1, 1)
         dx = X.view(batch, 1, -1) - shift[:, 0].view(batch, 1, 1)
         dy = Y.view(batch, -1, 1) - shift[:, 1].view(batch, 1, 1)
-        src_x = (a4 * dx + b4 * dy) * inv4  # L^-1 = [[a, b], [-b, a]] / (a² + b²)
-        src_y = (a4 * dy - b4 * dx) * inv4
-        cavity = self.cavity_image.to(torch.float32).expand(batch, -1, -1, -1)
-        warped = _round_half_up(_sample(cavity, (self.height, self.width), src_x, src_y))
-        px, py = piece[:, 0], piece[:, 1]
+        origin = getattr(self, f"{prefix}_origin")
+        src_x = (a4 * dx + b4 * dy) * inv4 - origin[0]  # L^-1 = [[a, b], [-b, a]] / (a² + b²)
+        src_y = (a4 * dy - b4 * dx) * inv4 - origin[1]
+        image = getattr(self, f"{prefix}_image").to(torch.float32).expand(batch, -1, -1, -1)
+        warped = _round_half_up(_sample(image, size, src_x, src_y))
+        if rgba:
+            return canvas + (warped[:, 3:] / 255.0) * (warped[:, :3] - canvas)
+        piece_polygon = getattr(self, f"{prefix}_polygon")
+        px, py = piece_polygon[:, 0], piece_polygon[:, 1]
         polygon = torch.stack(
             [a.view(batch, 1) * px - b.view(batch, 1) * py + shift[:, :1],
              b.view(batch, 1) * px + a.view(batch, 1) * py + shift[:, 1:]], dim=-1,
@@ -540,7 +510,6 @@ class TorchRenderer(nn.Module):
         self.face_width = float(rig.face_width)
         self.jaw = int(BASIS_INDEX["jawOpen"])
         self.close = int(BASIS_INDEX["mouthClose"])
-        self.jaw_channel = int(INDEX["jawOpen"])
         self.blend_start = int(BLEND_SLICE.start)
         self.coarse = GridWarp(rig.grid, rig.inverse_iterations)
         self.details = nn.ModuleList(GridWarp(grid, rig.inverse_iterations) for grid in rig.detail_grids)
@@ -585,7 +554,7 @@ class TorchRenderer(nn.Module):
             patch = torch.floor(region + weight * (detail(image, size, disp) - region))
             frame = _paste(frame, size, patch, detail.roi)
         positions = self.vertices[:, :2].unsqueeze(0) + disp
-        return self.mouth(frame, positions, motion[:, self.jaw_channel])
+        return self.mouth(frame, positions)
 
     def forward(self, motion: torch.Tensor) -> torch.Tensor:
         frames = self.render_float(motion)

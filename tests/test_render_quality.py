@@ -24,7 +24,7 @@ FPS = 25.0
 MIN_LIP_SYNC_R = 0.5
 MAX_LAG_FRAMES = 3
 # A mouth counts as closed while its inner-lip gap is within this many face heights of the
-# gap the tracker reads on the rendered rest pose (lips sealed). 0.02 face heights is about
+# gap the tracker reads on the rendered rest pose (the portrait's own mouth). 0.02 face heights is about
 # 4 px on the ~200 px face of a 512 px render: a third of a lip's thickness, under a quarter
 # of the gap of an open vowel (about 0.09 here), and several times the tracker's
 # frame-to-frame jitter on a still closed mouth (about 0.005).
@@ -84,7 +84,7 @@ def _track_still(image: np.ndarray, copies: int = 8) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def rest_reading(renderer) -> dict[str, float]:
-    """The tracker on the rendered rest pose (lips sealed, head centred, eyes open)."""
+    """The tracker on the rendered rest pose (the portrait's own mouth, head centred, eyes open)."""
     return _track_still(renderer.render(rest_frame()))
 
 
