@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from engine.errors import BadInputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: crops stay inside the image (soft fill only around a face cut off)
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MIN_IMAGE_SIDE = 64
@@ -42,8 +42,11 @@ FACE_OVERHANG = 0.02
 # Head-and-shoulders framing: crop side over face height, and where the face centre sits.
 CROP_FACE_RATIO = 2.6
 CROP_FACE_CENTRE_Y = 0.42
-# How far (fraction of the crop side) the square may slide off the face to avoid padding.
-CROP_MAX_SHIFT = 0.1
+# Room the crop keeps around the face's mesh box when it has to shrink or slide: hair above,
+# chin and jaw below, ears at the sides (fractions of the face's height or width).
+HEAD_MARGIN_TOP = 0.45
+HEAD_MARGIN_BOTTOM = 0.08
+HEAD_MARGIN_SIDE = 0.12
 
 # Only these decoders run: Pillow's others (EPS, PSD, ...) are attack surface we don't need.
 # Phones' multi-picture JPEGs (MPO) come in through the JPEG decoder.
@@ -265,18 +268,36 @@ def _padded(view: _View, fraction: float, replicate: bool) -> _View:
     return _View(image, view.scale, (view.offset[0] + px, view.offset[1] + py))
 
 
-def _square_crop(source: np.ndarray, x0: int, y0: int, side: int, out: int) -> _View:
-    """The square [x0, x0+side) x [y0, y0+side) of ``source`` at ``out`` px, replicating
-    edges where it leaves the image."""
+def _square_crop(source: np.ndarray, x0: int, y0: int, side: int, out: int, soft: bool = False) -> _View:
+    """The square [x0, x0+side) x [y0, y0+side) of ``source`` at ``out`` px. Where it leaves
+    the image it is filled by replicating edges (enough for a detector's input) or, with
+    ``soft``, by a blurred reflection feathered into the image (for frames people see)."""
     h, w = source.shape[:2]
     cx0, cy0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
     cx1, cy1 = max(min(x0 + side, w), cx0 + 1), max(min(y0 + side, h), cy0 + 1)
     inside = source[cy0:cy1, cx0:cx1]
-    pads = (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1)
-    if any(p > 0 for p in pads):
-        inside = cv2.copyMakeBorder(inside, *(max(p, 0) for p in pads), cv2.BORDER_REPLICATE)
+    pads = tuple(max(p, 0) for p in (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1))
+    if any(pads):
+        inside = _soft_pad(inside, *pads) if soft else cv2.copyMakeBorder(inside, *pads, cv2.BORDER_REPLICATE)
     scale = out / side
     return _View(_resize(inside, out, out), scale, (-x0 * scale, -y0 * scale))
+
+
+def _soft_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Pad with the image's reflection, blurred more the further it lies from the image and
+    feathered into it: replicated edges would show as streaks, a sharp mirror as a twin."""
+    h, w = image.shape[:2]
+    mirrored = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+    reach = max(top, bottom, left, right)
+    blurred = cv2.GaussianBlur(mirrored, (0, 0), max(2.0, reach / 3))
+    ys = np.arange(h + top + bottom, dtype=np.float32)[:, None]
+    xs = np.arange(w + left + right, dtype=np.float32)[None, :]
+    outside = np.hypot(np.maximum(np.maximum(top - ys, ys - (top + h - 1)), 0),
+                       np.maximum(np.maximum(left - xs, xs - (left + w - 1)), 0))
+    feather = max(2.0, 0.05 * max(h, w))
+    sharp = np.clip(1 - outside / feather, 0, 1)[..., None]
+    filled = blurred + sharp * (mirrored.astype(np.float32) - blurred)
+    return np.clip(filled, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,23 +441,31 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _head_and_shoulders(source: np.ndarray, face: np.ndarray, size: int) -> _View:
-    """Square crop around the face with room for the shoulders."""
+    """Square crop around the face with room for the shoulders, inside the image.
+
+    The head-and-shoulders square slides inside the image; where it does not fit (a tight
+    headshot) it shrinks to the largest square the image holds, placed to keep the head
+    (hair above the face included) in frame. Only a face that itself runs off the image
+    gets a soft fill around it."""
     h, w = source.shape[:2]
     x0, y0, x1, y1 = _box(face)
-    side = max(1, round(CROP_FACE_RATIO * (y1 - y0)))
-    left = (x0 + x1) / 2 - side / 2
-    top = (y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side
-    left, top = _slide_inside(left, side, w), _slide_inside(top, side, h)
-    return _square_crop(source, round(left), round(top), side, size)
+    face_w, face_h = x1 - x0, y1 - y0
+    # The head: the face with room for hair and ears where the image has it, never less
+    # than the face.
+    hx0, hx1 = min(max(x0 - HEAD_MARGIN_SIDE * face_w, 0), x0), max(min(x1 + HEAD_MARGIN_SIDE * face_w, w), x1)
+    hy0, hy1 = min(max(y0 - HEAD_MARGIN_TOP * face_h, 0), y0), max(min(y1 + HEAD_MARGIN_BOTTOM * face_h, h), y1)
+    side = max(round(max(min(CROP_FACE_RATIO * face_h, h, w), hx1 - hx0, hy1 - hy0)), 1)
+    left = _place((x0 + x1) / 2 - side / 2, side, hx0, hx1, w)
+    top = _place((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, side, hy0, hy1, h)
+    return _square_crop(source, round(left), round(top), side, size, soft=True)
 
 
-def _slide_inside(start: float, side: int, extent: int) -> float:
-    """Move the square's start so it stays inside the image where the image is long
-    enough (padding looks smeared), but never so far the face leaves the centre."""
-    if side > extent:
-        return start
-    limit = CROP_MAX_SHIFT * side
-    return start + float(np.clip(np.clip(start, 0, extent - side) - start, -limit, limit))
+def _place(start: float, side: int, lo: float, hi: float, extent: int) -> float:
+    """The square's start nearest ``start`` that keeps [lo, hi] (the head) inside the square
+    and the square inside [0, extent) where it fits; centred over the image where not."""
+    first = max(hi - side, min(0.0, extent - side))
+    last = min(lo, max(0.0, extent - side))
+    return float(np.clip(start, first, last))
 
 
 def _whole_image(source: np.ndarray, size: int) -> _View:

@@ -26,6 +26,9 @@ from engine.flow import forward_flow, invert_fixed_point, node_grid
 from engine.motion_space import BLENDSHAPES
 
 BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}
+# Share of the eye opening the warp closes at eyeBlink = 1: the lid skin drops a little and
+# the eye is squeezed only that much; engine.eyelids draws the lid over the rest.
+BLINK_WARP_CLOSE = 0.3
 
 
 @dataclass(frozen=True)
@@ -359,7 +362,7 @@ class _Builder:
             ("Left", topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER),
             ("Right", topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER),
         ):
-            bases[f"eyeBlink{suffix}"] = self._lid_basis(upper, lower, close=0.97, raise_lower=0.0)
+            bases[f"eyeBlink{suffix}"] = self._lid_basis(upper, lower, close=BLINK_WARP_CLOSE, raise_lower=0.0)
             bases[f"eyeWide{suffix}"] = self._lid_basis(upper, lower, close=-0.28, raise_lower=0.0)
             bases[f"cheekSquint{suffix}"] = self._lid_basis(upper, lower, close=0.0, raise_lower=0.22)
         return bases
@@ -484,7 +487,7 @@ def _seal_lips(image: np.ndarray, builder: _Builder, closure: np.ndarray) -> np.
     x0, y0, x1, y1 = grid.roi
     maps = nodes + backward + np.array([x0, y0], np.float32)
     sealed = image.copy()
-    sealed[y0:y1, x0:x1] = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sealed[y0:y1, x0:x1] = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return sealed
 
 

@@ -20,7 +20,8 @@ Conventions that make it match OpenCV (the parity risks):
 
 * ``cv2.remap`` samples at pixel-index coordinates (pixel ``i`` centred at ``i``) with
   replicated borders: that is ``grid_sample(align_corners=True, padding_mode="border")``
-  with ``x_norm = 2 x / (W - 1) - 1``. OpenCV also rounds sample coordinates to 1/32 pixel
+  with ``x_norm = 2 x / (W - 1) - 1``; the portrait itself is sampled with mirrored borders
+  (``BORDER_REFLECT_101``), which is ``padding_mode="reflection"`` under ``align_corners=True``. OpenCV also rounds sample coordinates to 1/32 pixel
   (``INTER_BITS``), which is reproduced, and rounds uint8 results half-up.
 * Where the CPU renderer truncates to uint8 between stages (eye feather, mouth blend) the
   module floors, so that both see the same intermediate integers.
@@ -91,8 +92,10 @@ def _round_half_up(values: torch.Tensor) -> torch.Tensor:
     return torch.floor(values + 0.5)
 
 
-def _sample(field: torch.Tensor, size: tuple[int, int], x: torch.Tensor, y: torch.Tensor, quantise: bool = True) -> torch.Tensor:
-    """``cv2.remap(field, x, y, INTER_LINEAR, BORDER_REPLICATE)`` for a batch.
+def _sample(field: torch.Tensor, size: tuple[int, int], x: torch.Tensor, y: torch.Tensor, quantise: bool = True,
+            padding: str = "border") -> torch.Tensor:
+    """``cv2.remap(field, x, y, INTER_LINEAR, BORDER_REPLICATE)`` for a batch; with
+    ``padding="reflection"``, ``BORDER_REFLECT_101`` (as the portrait is sampled).
 
     field (B, C, H, W) with ``size`` = (H, W) as Python ints (static under tracing);
     x, y (B, h, w) in pixel-index coordinates -> (B, C, h, w)."""
@@ -102,7 +105,7 @@ def _sample(field: torch.Tensor, size: tuple[int, int], x: torch.Tensor, y: torc
     gx = x * (2.0 / max(width - 1, 1)) - 1.0
     gy = y * (2.0 / max(height - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode=padding, align_corners=True)
 
 
 def _gradient(field: torch.Tensor, dim: int, n: int) -> torch.Tensor:
@@ -250,7 +253,7 @@ class GridWarp(nn.Module):
     def forward(self, image: torch.Tensor, image_size: tuple[int, int], disp: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) float, disp (B, V, 2) -> the warped roi (B, 3, h, w), uint8 values."""
         mx, my = self.maps(disp)
-        return _round_half_up(_sample(image, image_size, mx, my))
+        return _round_half_up(_sample(image, image_size, mx, my, padding="reflection"))
 
 
 # -------------------------------------------------------------------------------- mouth
