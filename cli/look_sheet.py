@@ -92,8 +92,8 @@ def render_poses(portrait: Path, size: int = 512) -> tuple[np.ndarray, list[np.n
 
 
 def sheets(portraits: list[Path], size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """(faces, closeups): one row per portrait, one column per pose. Faces are the head
-    at TILE px; closeups are the eyes above the mouth, enlarged CLOSEUP_SCALE times with
+    """(faces, closeups): one row per portrait, one column per pose. Faces are the whole
+    frame at rest, then the head in each pose, at TILE px; closeups are the eyes above the mouth, enlarged CLOSEUP_SCALE times with
     nearest-neighbour so every rendered pixel shows."""
     face_rows, closeup_rows = [], []
     for portrait in portraits:
@@ -102,7 +102,7 @@ def sheets(portraits: list[Path], size: int = 512) -> tuple[np.ndarray, np.ndarr
         face = _box(xy, 0.2, frames[0].shape)
         eyes = _box(xy[list(topo.LEFT_EYE_UPPER + topo.LEFT_EYE_LOWER + topo.RIGHT_EYE_UPPER + topo.RIGHT_EYE_LOWER)], 0.12, frames[0].shape)
         mouth = _box(xy[list(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER)], 0.35, frames[0].shape)
-        faces, closeups = [], []
+        faces, closeups = [_label(_fit(frames[0], TILE, TILE), f"{portrait.stem}: frame")], []
         for pose, frame in zip(POSES, frames):
             x0, y0, x1, y1 = face
             faces.append(_label(_fit(frame[y0:y1, x0:x1], TILE, TILE), f"{portrait.stem}: {pose.label}"))

@@ -450,22 +450,27 @@ def _head_and_shoulders(source: np.ndarray, face: np.ndarray, size: int) -> _Vie
     h, w = source.shape[:2]
     x0, y0, x1, y1 = _box(face)
     face_w, face_h = x1 - x0, y1 - y0
-    # The head: the face with room for hair and ears where the image has it, never less
-    # than the face.
-    hx0, hx1 = min(max(x0 - HEAD_MARGIN_SIDE * face_w, 0), x0), max(min(x1 + HEAD_MARGIN_SIDE * face_w, w), x1)
-    hy0, hy1 = min(max(y0 - HEAD_MARGIN_TOP * face_h, 0), y0), max(min(y1 + HEAD_MARGIN_BOTTOM * face_h, h), y1)
-    side = max(round(max(min(CROP_FACE_RATIO * face_h, h, w), hx1 - hx0, hy1 - hy0)), 1)
-    left = _place((x0 + x1) / 2 - side / 2, side, hx0, hx1, w)
-    top = _place((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, side, hy0, hy1, h)
+    side = max(round(max(min(CROP_FACE_RATIO * face_h, h, w), face_w, face_h)), 1)
+    left = _place((x0 + x1) / 2 - side / 2, side, (x0, x1), HEAD_MARGIN_SIDE * face_w, HEAD_MARGIN_SIDE * face_w, w)
+    top = _place((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, side, (y0, y1), HEAD_MARGIN_TOP * face_h,
+                 HEAD_MARGIN_BOTTOM * face_h, h)
     return _square_crop(source, round(left), round(top), side, size, soft=True)
 
 
-def _place(start: float, side: int, lo: float, hi: float, extent: int) -> float:
-    """The square's start nearest ``start`` that keeps [lo, hi] (the head) inside the square
-    and the square inside [0, extent) where it fits; centred over the image where not."""
-    first = max(hi - side, min(0.0, extent - side))
-    last = min(lo, max(0.0, extent - side))
-    return float(np.clip(start, first, last))
+def _place(start: float, side: int, face: tuple[float, float], before: float, after: float, extent: int) -> float:
+    """The square's start nearest ``start`` that keeps the face and, where they fit, the
+    margins ``before``/``after`` it (hair, ears, chin; as far as the image has them) inside
+    the square, and the square inside [0, extent) where it fits (centred over it where not)."""
+    inside = (min(0.0, extent - side), max(0.0, extent - side))
+
+    def span(lo: float, hi: float) -> tuple[float, float]:
+        return max(hi - side, inside[0]), min(lo, inside[1])
+
+    face_first, face_last = span(*face)
+    first, last = span(min(max(face[0] - before, 0.0), face[0]), max(min(face[1] + after, extent), face[1]))
+    if first > last:  # the margins do not fit: split what is left between them
+        first = last = (first + last) / 2
+    return float(np.clip(np.clip(start, first, last), face_first, max(face_first, face_last)))
 
 
 def _whole_image(source: np.ndarray, size: int) -> _View:

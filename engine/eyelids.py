@@ -21,9 +21,9 @@ from engine.rig import BLINK_WARP_CLOSE, Rig
 # In inter-ocular distances: the band of lid skin above the lashes that stretches over the
 # eye, how far above the eye's margin the lashes reach, and the lash line's thickness.
 _SKIN_BAND = 0.1
-_LASH_REACH = 0.035
+_LASH_REACH = 0.05
 _LASH_WIDTH = 0.022
-_EDGE_SHADE = 0.14  # how much darker the lid is at its edge than its skin band
+_EDGE_SHADE = 0.08  # how much darker the lid is at its edge than its skin band
 _MIN_BLINK = 0.02  # below this the lid is left to the warp
 
 

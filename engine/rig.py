@@ -336,8 +336,12 @@ class _Builder:
 
     def _with_cheek(self, basis: np.ndarray, side: int, lift: float) -> np.ndarray:
         cheek = np.array(topo.LEFT_CHEEK if side == 1 else topo.RIGHT_CHEEK)
-        handles = np.concatenate([cheek, self.all_lips])
-        disp = np.concatenate([self.frame.to_pixels(np.zeros(len(cheek)), np.full(len(cheek), lift)), basis[self.all_lips]])
+        # The eyes are pinned: a smile's cheek must not drag the lids (an idle smile would
+        # otherwise keep the eyes from ever resting on the portrait's own pixels).
+        eyes = np.array(topo.LEFT_EYE_UPPER + topo.LEFT_EYE_LOWER + topo.RIGHT_EYE_UPPER + topo.RIGHT_EYE_LOWER)
+        handles = np.concatenate([cheek, self.all_lips, eyes])
+        disp = np.concatenate([self.frame.to_pixels(np.zeros(len(cheek)), np.full(len(cheek), lift)),
+                               basis[self.all_lips], np.zeros((len(eyes), 2))])
         cheek_basis = _spread(self.vertices[:, :2], handles, disp, 1.6 * self.config.spread * self.frame.iod)
         return np.where(self.is_landmark[:, None], cheek_basis, basis)
 
