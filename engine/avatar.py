@@ -450,7 +450,10 @@ def _head_and_shoulders(source: np.ndarray, face: np.ndarray, size: int) -> _Vie
     h, w = source.shape[:2]
     x0, y0, x1, y1 = _box(face)
     face_w, face_h = x1 - x0, y1 - y0
-    side = max(round(max(min(CROP_FACE_RATIO * face_h, h, w), face_w, face_h)), 1)
+    side = min(CROP_FACE_RATIO * face_h, h, w)
+    if max(face_w, face_h) > side:  # the face runs off the image: pad, with room around it
+        side = max(face_w * (1 + 2 * HEAD_MARGIN_SIDE), face_h * (1 + HEAD_MARGIN_TOP + HEAD_MARGIN_BOTTOM))
+    side = max(round(side), 1)
     left = _place((x0 + x1) / 2 - side / 2, side, (x0, x1), HEAD_MARGIN_SIDE * face_w, HEAD_MARGIN_SIDE * face_w, w)
     top = _place((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, side, (y0, y1), HEAD_MARGIN_TOP * face_h,
                  HEAD_MARGIN_BOTTOM * face_h, h)
@@ -467,7 +470,10 @@ def _place(start: float, side: int, face: tuple[float, float], before: float, af
         return max(hi - side, inside[0]), min(lo, inside[1])
 
     face_first, face_last = span(*face)
-    first, last = span(min(max(face[0] - before, 0.0), face[0]), max(min(face[1] + after, extent), face[1]))
+    # Margins count as far as the image has them, unless the face itself runs off it.
+    lo = face[0] - before if face[0] < 0 else min(max(face[0] - before, 0.0), face[0])
+    hi = face[1] + after if face[1] > extent else max(min(face[1] + after, extent), face[1])
+    first, last = span(lo, hi)
     if first > last:  # the margins do not fit: split what is left between them
         first = last = (first + last) / 2
     return float(np.clip(np.clip(start, first, last), face_first, max(face_first, face_last)))
