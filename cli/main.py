@@ -1,4 +1,4 @@
-"""``emolive``: render, motion, serve, bench, export, train and eval.
+"""``emolive``: render, motion, look-sheet, serve, bench, export, train and eval.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal error.
 """
@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_avsync_parser(bench_kinds)
 
+    from cli.look_sheet import add_look_sheet_parser
+
+    add_look_sheet_parser(commands)
+
     from cli.serve import add_serve_parser
 
     add_serve_parser(commands)
@@ -200,6 +204,7 @@ def _run_motion(args: argparse.Namespace) -> None:
 # not pay for importing the server, the exporters or the trainer.
 _COMMANDS = {
     "bench": ("cli.bench", "run_bench"),
+    "look-sheet": ("cli.look_sheet", "run_look_sheet"),
     "serve": ("cli.serve", "run_serve"),
     "export": ("cli.export", "run_export"),
     "train": ("cli.train", "run_train"),

@@ -3,7 +3,7 @@
 Per frame: blendshape activations -> vertex displacements (one small matrix product) ->
 head pose applied to the displaced vertices in 3D -> dense forward flow on a coarse grid
 through the rig's barycentric weights -> inverted by fixed-point iteration -> upsampled ->
-``cv2.remap`` of the moving region only -> mouth compositor. Pixels outside the rig's anchor
+``cv2.remap`` of the moving region only -> eyelid and mouth compositors. Pixels outside the rig's anchor
 ring are copied from the portrait, never resampled.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from engine.eyelids import EyelidCompositor
 from engine.flow import forward_flow, invert_newton, node_grid, upsample
 from engine.motion_space import BLEND_SLICE, INDEX, clip_frames
 from engine.mouth import MouthCompositor
@@ -71,6 +72,7 @@ class Renderer:
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.mouth = MouthCompositor(rig)
+        self.eyelids = EyelidCompositor(rig)
         self._coarse = _GridWarp(rig.image, rig.grid, rig.inverse_iterations)
         self._details = [(_GridWarp(rig.image, grid, rig.inverse_iterations), _feather(*_size(grid))) for grid in rig.detail_grids]
         self._bases = rig.bases.reshape(len(rig.bases), -1)
@@ -109,7 +111,9 @@ class Renderer:
             x0, y0, x1, y1 = detail.grid.roi
             region = out[y0:y1, x0:x1].astype(np.float32)
             out[y0:y1, x0:x1] = (region + weight * (detail.warp(disp) - region)).astype(np.uint8)
-        self.mouth.composite(out, self.rig.vertices[:, :2] + disp)
+        positions = self.rig.vertices[:, :2] + disp
+        self.eyelids.composite(out, positions, motion)
+        self.mouth.composite(out, positions)
         return out
 
 

@@ -24,6 +24,9 @@ from engine import face_topology as topo
 from engine.motion_space import BLENDSHAPES
 
 BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}
+# Share of the eye opening the warp closes at eyeBlink = 1: the lid skin drops a little and
+# the eye is squeezed only that much; engine.eyelids draws the lid over the rest.
+BLINK_WARP_CLOSE = 0.3
 
 
 @dataclass(frozen=True)
@@ -330,8 +333,12 @@ class _Builder:
 
     def _with_cheek(self, basis: np.ndarray, side: int, lift: float) -> np.ndarray:
         cheek = np.array(topo.LEFT_CHEEK if side == 1 else topo.RIGHT_CHEEK)
-        handles = np.concatenate([cheek, self.all_lips])
-        disp = np.concatenate([self.frame.to_pixels(np.zeros(len(cheek)), np.full(len(cheek), lift)), basis[self.all_lips]])
+        # The eyes are pinned: a smile's cheek must not drag the lids (an idle smile would
+        # otherwise keep the eyes from ever resting on the portrait's own pixels).
+        eyes = np.array(topo.LEFT_EYE_UPPER + topo.LEFT_EYE_LOWER + topo.RIGHT_EYE_UPPER + topo.RIGHT_EYE_LOWER)
+        handles = np.concatenate([cheek, self.all_lips, eyes])
+        disp = np.concatenate([self.frame.to_pixels(np.zeros(len(cheek)), np.full(len(cheek), lift)),
+                               basis[self.all_lips], np.zeros((len(eyes), 2))])
         cheek_basis = _spread(self.vertices[:, :2], handles, disp, 1.6 * self.config.spread * self.frame.iod)
         return np.where(self.is_landmark[:, None], cheek_basis, basis)
 
@@ -348,7 +355,7 @@ class _Builder:
             ("Left", topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER),
             ("Right", topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER),
         ):
-            bases[f"eyeBlink{suffix}"] = self._lid_basis(upper, lower, close=0.97, raise_lower=0.0)
+            bases[f"eyeBlink{suffix}"] = self._lid_basis(upper, lower, close=BLINK_WARP_CLOSE, raise_lower=0.0)
             bases[f"eyeWide{suffix}"] = self._lid_basis(upper, lower, close=-0.28, raise_lower=0.0)
             bases[f"cheekSquint{suffix}"] = self._lid_basis(upper, lower, close=0.0, raise_lower=0.22)
         return bases
