@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 
 from engine.errors import BadInputError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 MAX_PIXELS = 40_000_000
 # Larger portraits are shrunk to this long side as they are decoded: the engine's frames are
 # at most 1024 px, so more pixels only cost memory (a 40 MP RGB image is 120 MB per copy).
@@ -52,6 +52,9 @@ CROP_FACE_CENTRE_Y = 0.42
 # Room kept above the face mesh (which ends at the upper forehead) for the hair, as a fraction
 # of the face height, when a tight image forces a smaller square.
 CROP_HAIR_ROOM = 0.45
+# Room kept below the chin and beside the cheeks (fractions of the face's height and width).
+CROP_CHIN_ROOM = 0.06
+CROP_SIDE_ROOM = 0.05
 
 # Only these decoders run: Pillow's others (EPS, PSD, ...) are attack surface we don't need.
 # Phones' multi-picture JPEGs (MPO) come in through the JPEG decoder.
@@ -478,19 +481,27 @@ def _head_and_shoulders(source: np.ndarray, face: np.ndarray, size: int) -> _Vie
     """Square crop around the face with room for the shoulders, inside the image.
 
     Where that square does not fit (a selfie, a tight headshot), the largest square that does,
-    placed to keep the hair above the face: replicated or made-up pixels show as streaks once
-    the head moves. Only a face the image itself cuts off gets the full square, with a soft
-    fill where it leaves the image."""
+    placed to keep the whole face, then as much hair above it as fits: replicated or made-up
+    pixels show as streaks once the head moves. Only a face the image cannot hold in a square
+    (cut off by the image, or a narrow image) gets a square around the head with a soft fill
+    where it leaves the image."""
     h, w = source.shape[:2]
     x0, y0, x1, y1 = _box(face)
-    side = max(1, round(CROP_FACE_RATIO * (y1 - y0)))
+    face_w, face_h = x1 - x0, y1 - y0
+    side = max(1, round(CROP_FACE_RATIO * face_h))
     left = (x0 + x1) / 2 - side / 2
     top = (y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side
-    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+    fits = min(w, h) >= max(face_h * (1 + CROP_CHIN_ROOM), face_w * (1 + 2 * CROP_SIDE_ROOM))
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h and fits:
         side = min(side, w, h)
         left = float(np.clip((x0 + x1) / 2 - side / 2, 0, w - side))
-        top = float(np.clip(min((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, y0 - CROP_HAIR_ROOM * (y1 - y0)),
-                            0, h - side))
+        below_chin = y1 + CROP_CHIN_ROOM * face_h - side  # the highest top that still shows the chin
+        top = max(min((y0 + y1) / 2 - CROP_FACE_CENTRE_Y * side, y0 - CROP_HAIR_ROOM * face_h), below_chin)
+        top = float(np.clip(top, 0, h - side))
+    elif side < max(face_h * (1 + CROP_HAIR_ROOM + CROP_CHIN_ROOM), face_w * (1 + 2 * CROP_SIDE_ROOM)):
+        side = round(max(face_h * (1 + CROP_HAIR_ROOM + CROP_CHIN_ROOM), face_w * (1 + 2 * CROP_SIDE_ROOM)))
+        left = (x0 + x1) / 2 - side / 2
+        top = y0 - CROP_HAIR_ROOM * face_h
     return _square_crop(source, round(left), round(top), side, size)
 
 

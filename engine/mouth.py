@@ -20,13 +20,13 @@ and holds a tongue:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from engine import face_topology as topo
-from engine.rig import Rig
+from engine.rig import MouthRig, Rig
 
 _SUBPIXEL_BITS = 3
 
@@ -151,8 +151,11 @@ def portrait_style(image: np.ndarray, landmarks: np.ndarray) -> MouthStyle:
     # reddened eye), an ivory a little darker than the sclera.
     teeth = _luma(sclera) * np.array([0.97, 0.94, 0.86], np.float32) + 0.12 * (sclera - _luma(sclera))
     # Shadowed or hidden eyes read dark: teeth are never darker than the face's skin.
-    skin_luma = float(np.median(_luma(pixels)))
+    skin_colour = np.median(pixels, axis=0).astype(np.float32)
+    skin_luma = float(_luma(skin_colour))
     teeth *= float(np.clip(max(_luma(teeth), 1.2 * skin_luma), 90, 235)) / max(float(_luma(teeth)), 1.0)
+    # Teeth pick up the light the skin is lit by: neutral ivory beside warm skin reads as grey.
+    teeth = np.clip(teeth + 0.18 * (skin_colour - skin_luma), 0, 255)
 
     lips = fill(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER[::-1]) - fill(topo.UPPER_LIP_INNER + topo.LOWER_LIP_INNER[::-1])
     lip = _median_colour(image, lips, (170.0, 95.0, 95.0))
@@ -271,6 +274,21 @@ def synthetic_teeth(rig: Rig, style: MouthStyle) -> tuple[MouthPiece, MouthPiece
     return pieces[0], pieces[1], _UPPER_WIDTHS_MM[0] * px_per_mm
 
 
+def _own_teeth_colour(mouth: MouthRig, fallback: np.ndarray) -> np.ndarray:
+    """The colour of the teeth a parted portrait shows (the brightest third of its cavity
+    above the split), so synthetic teeth beside them match; ``fallback`` where it shows none
+    (a dark cavity)."""
+    mask = np.zeros(mouth.cavity_image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(np.concatenate([mouth.cavity_upper, mouth.cavity_split[::-1]])).astype(np.int32)], 1)
+    pixels = mouth.cavity_image[mask > 0].astype(np.float32)
+    if len(pixels) < 12:
+        return fallback
+    luma = _luma(pixels)
+    bright = pixels[luma >= np.percentile(luma, 67)]
+    colour = np.median(bright, axis=0).astype(np.float32)
+    return colour if _luma(colour) > 0.8 * _luma(fallback) else fallback
+
+
 class MouthCompositor:
     """Draws the inside of the mouth onto a warped frame."""
 
@@ -279,19 +297,24 @@ class MouthCompositor:
         mouth = rig.mouth
         iod = rig.frame.iod
         self.style = portrait_style(rig.image, rig.vertices)
+        if mouth.cavity_image is not None:
+            self.style = replace(self.style, teeth=_own_teeth_colour(mouth, self.style.teeth))
         self.feather = max(0.5, 0.008 * iod)
         if mouth.cavity_image is not None:
             # Each piece reaches a little under its lip, so no seam of cavity shows where the
             # piece's edge and the opening's edge are both feathered.
             tuck = (0.025 * iod * rig.frame.v).astype(np.float32)
             origin = np.zeros(2, np.float32)
+            # Behind the portrait's own cavity, a synthetic lower row: a wide opening shows
+            # lower teeth that a smile's own cavity hardly holds (else a black gap).
+            _, lower_row, self.tooth_width = synthetic_teeth(rig, self.style)
             self.pieces = [
+                lower_row,
                 MouthPiece(mouth.cavity_image, origin, mouth.cavity_lower, "lower",
                            np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1] + tuck])),
                 MouthPiece(mouth.cavity_image, origin, mouth.cavity_upper, "upper",
                            np.concatenate([mouth.cavity_upper - tuck, mouth.cavity_split[::-1]])),
             ]
-            self.tooth_width = 0.0
         else:
             upper, lower, self.tooth_width = synthetic_teeth(rig, self.style)
             self.pieces = [lower, upper]  # the upper row overlaps the lower one

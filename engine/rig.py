@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 from scipy import sparse
 from scipy.spatial import Delaunay
@@ -176,7 +177,16 @@ class _Builder:
             "lower_outer": np.array(topo.LOWER_LIP_OUTER[1:-1]),
             "corners": np.array(topo.MOUTH_CORNERS + topo.INNER_CORNERS),
         }
+        self.lip_sets["lower_body"] = self._inside_lower_lip()
         self.all_lips = np.unique(np.concatenate(list(self.lip_sets.values())))
+
+    def _inside_lower_lip(self) -> np.ndarray:
+        """Landmarks strictly inside the lower lip (between its inner and outer contours)."""
+        outline = self.landmarks[list(topo.LOWER_LIP_INNER) + list(topo.LOWER_LIP_OUTER[::-1]), :2]
+        outline = outline.astype(np.float32)
+        edge = set(topo.LOWER_LIP_INNER + topo.LOWER_LIP_OUTER + topo.UPPER_LIP_INNER + topo.UPPER_LIP_OUTER)
+        return np.array([i for i, (x, y) in enumerate(self.landmarks[:, :2])
+                         if i not in edge and cv2.pointPolygonTest(outline, (float(x), float(y)), False) > 0], int)
 
     # --- mesh -------------------------------------------------------------------------
 
@@ -214,6 +224,32 @@ class _Builder:
             [np.ones(len(lm))] + weights + [np.zeros(len(box))]
         ).astype(np.float32)
         self.is_landmark = np.arange(len(self.vertices)) < len(lm)
+        self._tie_box_inside_anchors(len(self.vertices) - len(box))
+
+    def _tie_box_inside_anchors(self, first_box: int) -> None:
+        """Where the image cuts the anchor ring (a tight headshot), the roi's box lies on the
+        image edge inside the moving region: pinning it there squeezes the skin between it
+        and the face (a chin near the frame's bottom folds over itself when the jaw drops).
+        Such box vertices move as the mesh around them would: barycentric in the mesh
+        without the box."""
+        inner = Delaunay(self.vertices[:first_box, :2], qhull_options="QJ")
+        box = self.vertices[first_box:, :2]
+        simplex = inner.find_simplex(box)
+        ring = cv2.pointPolygonTest
+        inside = np.array([s >= 0 and ring(self.anchor_polygon, (float(x), float(y)), False) > 0
+                           for s, (x, y) in zip(simplex, box)], bool)
+        transform = inner.transform[simplex[inside]]
+        partial = np.einsum("nij,nj->ni", transform[:, :2], box[inside] - transform[:, 2])
+        self.tied = first_box + np.nonzero(inside)[0]
+        self.tie_sources = inner.simplices[simplex[inside]]
+        self.tie_weights = np.concatenate([partial, 1 - partial.sum(1, keepdims=True)], axis=1)
+        self.vertices[self.tied, 2] = np.einsum("nk,nk->n", self.tie_weights, self.vertices[self.tie_sources, 2])
+        self.head_weight[self.tied] = np.einsum("nk,nk->n", self.tie_weights, self.head_weight[self.tie_sources])
+
+    def tie(self, bases: np.ndarray) -> np.ndarray:
+        """(B, V, 2) bases with the tied box vertices following the mesh around them."""
+        bases[:, self.tied] = np.einsum("nk,bnkc->bnc", self.tie_weights, bases[:, self.tie_sources])
+        return bases
 
     # --- bases --------------------------------------------------------------------------
 
@@ -259,8 +295,10 @@ class _Builder:
         bases: dict[str, np.ndarray] = {}
 
         jaw_dv = jaw * cfg.jaw_drop
-        for name in ("lower_inner", "lower_outer"):
-            jaw_dv[lips[name]] = cfg.jaw_drop * self._lip_profile(lips[name])
+        # The lower lip moves as one body: landmarks inside it riding the jaw's ramp would lag
+        # its edges, and the inner edge would fold over them (thin lips, wide openings).
+        lower_lip = np.concatenate([lips["lower_inner"], lips["lower_body"], lips["lower_outer"]])
+        jaw_dv[lower_lip] = cfg.jaw_drop * self._lip_profile(lower_lip)
         jaw_dv[list(topo.MOUTH_CORNERS + topo.INNER_CORNERS)] = 0.3 * cfg.jaw_drop
         corner_in = np.zeros(self.n)
         corner_in[list(topo.MOUTH_CORNERS)] = np.array([1.0, -1.0]) * 0.04 * cfg.jaw_drop
@@ -469,6 +507,22 @@ class _Builder:
 
 
 _PARTED_MIN_GAP = 1.5  # pixels between the lips above which the portrait's own cavity is kept
+_SPLIT_SAMPLES = 24
+
+
+def _teeth_split(image: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Where a parted mouth's cavity divides into what rides the skull and what rides the
+    jaw: at the darkest point of the upper-to-lower lip chords below their top third (the gap
+    under the upper teeth's edges, or the shadow above the lower ones). A fixed fraction
+    would cut a smile's upper teeth in two, the lower half then dropping with the jaw."""
+    luma = cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    t = np.linspace(0.35, 1.0, _SPLIT_SAMPLES, dtype=np.float32)
+    chords = upper[:, None, :] + t[None, :, None] * (lower - upper)[:, None, :]
+    profile = cv2.remap(luma, chords[..., 0], chords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    # One fraction for the whole mouth, the median over the inner chords (the corner ones are
+    # a point): a corner in shadow would otherwise put its darkest point at the top.
+    split = float(np.median(t[np.argmin(profile[1:-1], axis=1)]))
+    return (upper + split * (lower - upper)).astype(np.float32)
 
 
 def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigConfig()) -> Rig:
@@ -482,13 +536,13 @@ def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigC
     if builder.lip_gap() > _PARTED_MIN_GAP:
         upper = landmarks[mouth.upper_inner, :2].astype(np.float32)
         lower = landmarks[mouth.lower_inner, :2].astype(np.float32)
-        # Upper teeth fill most of a parted mouth: split the cavity 60 % of the way down.
         mouth = replace(mouth, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
-                        cavity_split=upper + 0.6 * (lower - upper))
+                        cavity_split=_teeth_split(image, upper, lower))
     bases = {**builder.mouth_bases(), **builder.eye_bases(), **builder.brow_bases()}
     stacked = np.stack([bases[name] for name in BLENDSHAPES])
     # Anchors never move: that is what keeps the background an exact copy.
     stacked[:, builder.head_weight == 0] = 0.0
+    stacked = builder.tie(stacked)
     tri = builder.triangulation()
     return Rig(
         image=image,
