@@ -177,7 +177,8 @@ class _Builder:
             "lower_outer": np.array(topo.LOWER_LIP_OUTER[1:-1]),
             "corners": np.array(topo.MOUTH_CORNERS + topo.INNER_CORNERS),
         }
-        self.lip_sets["lower_body"] = self._inside_lower_lip()
+        # Not a lip set: the other bases spread their lip handles' pull over it.
+        self.lower_lip_body = self._inside_lower_lip()
         self.all_lips = np.unique(np.concatenate(list(self.lip_sets.values())))
 
     def _inside_lower_lip(self) -> np.ndarray:
@@ -297,7 +298,7 @@ class _Builder:
         jaw_dv = jaw * cfg.jaw_drop
         # The lower lip moves as one body: landmarks inside it riding the jaw's ramp would lag
         # its edges, and the inner edge would fold over them (thin lips, wide openings).
-        lower_lip = np.concatenate([lips["lower_inner"], lips["lower_body"], lips["lower_outer"]])
+        lower_lip = np.concatenate([lips["lower_inner"], self.lower_lip_body, lips["lower_outer"]])
         jaw_dv[lower_lip] = cfg.jaw_drop * self._lip_profile(lower_lip)
         jaw_dv[list(topo.MOUTH_CORNERS + topo.INNER_CORNERS)] = 0.3 * cfg.jaw_drop
         corner_in = np.zeros(self.n)
@@ -305,8 +306,7 @@ class _Builder:
         bases["jawOpen"] = self.frame.to_pixels(corner_in, jaw_dv)
 
         seal = np.zeros(self.n)
-        for name in ("lower_inner", "lower_outer"):
-            seal[lips[name]] = -cfg.jaw_drop * self._lip_profile(lips[name])
+        seal[lower_lip] = -cfg.jaw_drop * self._lip_profile(lower_lip)
         bases["mouthClose"] = self.frame.to_pixels(np.zeros(self.n), seal)
 
         zero = lambda idx: np.zeros(len(idx))  # noqa: E731 - tiny local shorthand

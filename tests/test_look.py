@@ -222,3 +222,34 @@ def test_look_sheet_command(tmp_path: Path) -> None:
     assert closeups.shape == (2 * 2 * TILE, len(POSES) * 2 * TILE, 3)
     bad = run_emolive("look-sheet", "-o", tmp_path / "sheet.gif")
     assert bad.returncode == 2 and "sheet.gif" in bad.stderr
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def _worst_jacobian(renderer: Renderer, motion: np.ndarray) -> float:
+    """The smallest area ratio of the rig's forward map over its coarse grid: below 0 the warp
+    folds skin over itself, which shows as rings and speckles where the inversion fails."""
+    from engine.flow import forward_flow
+
+    grid = renderer.rig.grid
+    flow = forward_flow(grid.matrix, renderer.vertex_displacement(motion), grid.shape, grid.step)
+    dxx, dxy = np.gradient(flow[..., 0], axis=1), np.gradient(flow[..., 0], axis=0)
+    dyx, dyy = np.gradient(flow[..., 1], axis=1), np.gradient(flow[..., 1], axis=0)
+    return float(((1 + dxx) * (1 + dyy) - dxy * dyx).min())
+
+
+@pytest.mark.parametrize("portrait", [PORTRAIT, *TIGHT, PORTRAITS / "hopper.jpg"], ids=lambda p: p.stem)
+def test_wide_openings_never_fold_the_skin(portrait: Path, record_property) -> None:
+    """Thin lips at a wide opening, and a tight headshot whose chin nearly touches the frame:
+    the warp stretches and squeezes but does not fold (the old rig folded the lower lip over
+    its own skin, Jacobian -1.3, and pinned the chin's skin at the image border, -0.9 to
+    -1.1: rings and speckles under the mouth). A few cells at the chin still fold slightly
+    with the head nodding (about -0.2), which the inversion absorbs."""
+    _, rig = prepare_avatar(portrait, RenderOptions())
+    renderer = Renderer(rig)
+    rows = [_row(jawOpen=1.0), _row(jawOpen=1.0, mouthClose=0.3), _row(jawOpen=0.8, headPitch=0.2, headTy=0.1)]
+    worst = min(_worst_jacobian(renderer, row) for row in rows)
+    record_property("min_jacobian", round(worst, 3))
+    assert worst > -0.3, f"the warp folds: Jacobian {worst:.2f}"
+    assert _worst_jacobian(renderer, _row(jawOpen=1.0)) > 0.05

@@ -220,3 +220,21 @@ def test_no_uniform_white_bar_at_mid_opening(rigs, name: str, record_property) -
     period, strength = _periodicity(profile)
     record_property(f"{name}_mid_opening_periodicity", round(strength, 2))
     assert 0.6 * tooth <= period <= 1.25 * tooth and strength >= MIN_PERIODICITY, (period, strength, tooth)
+
+
+def test_own_upper_teeth_stay_whole_when_the_jaw_drops(rigs, record_property) -> None:
+    """A smile's own upper teeth ride the skull as one piece: the band they fill at rest
+    (from the upper lip down to just above the lower lip) stays as bright with the jaw open,
+    instead of its lower part dropping away with the jaw and leaving the cavity."""
+    avatar, rig = rigs["astronaut"]
+    renderer = Renderer(rig)
+    upper = rig.vertices[rig.mouth.upper_inner, :2]
+    lower = rig.vertices[rig.mouth.lower_inner, :2]
+    band = np.concatenate([upper + 0.15 * (lower - upper), (upper + 0.8 * (lower - upper))[::-1]])[2:-2]
+    mask = np.zeros(avatar.image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(band).astype(np.int32)], 1)
+    luma = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[mask > 0].astype(np.float32).mean()  # noqa: E731
+    rest = luma(avatar.image)
+    opened = luma(renderer.render(_motion(jawOpen=0.6)))
+    record_property("teeth_band_luma", dict(rest=round(rest, 1), open=round(opened, 1)))
+    assert opened >= 0.9 * rest, f"upper teeth band darkened from {rest:.0f} to {opened:.0f} with the jaw open"
