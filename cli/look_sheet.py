@@ -144,7 +144,7 @@ def run_look_sheet(args: argparse.Namespace) -> None:
         raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
     portraits = args.portraits or default_portraits()
     faces, closeups = sheets(portraits, args.size)
-    quality = [cv2.IMWRITE_JPEG_QUALITY, 85]
+    quality = [cv2.IMWRITE_JPEG_QUALITY, 75]
     for path, image in ((args.output, faces), (closeup_path(args.output), closeups)):
         if not cv2.imwrite(str(path), image[..., ::-1], quality):
             raise BadInputError(f"{path}: could not write the image")

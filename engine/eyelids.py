@@ -42,6 +42,8 @@ class EyelidCompositor:
         self.reach = _LASH_REACH * iod
         self.lash_width = max(0.8, _LASH_WIDTH * iod)
         self.eyes = []
+        if not rig.blinks:
+            return
         for side, upper, lower in (("Left", topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER),
                                    ("Right", topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER)):
             tone = self._lash_tone(np.array(upper))

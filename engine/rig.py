@@ -119,6 +119,9 @@ class Rig:
     mouth: MouthRig
     anchor_polygon: np.ndarray  # (K, 2) boundary of the region that can move
     inverse_iterations: int
+    # False where the landmarks' eyes are not the drawn eyes (anime eyes far larger than a
+    # human's): a blink would close a patch beside the eye, so the portrait does not blink.
+    blinks: bool = True
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -525,6 +528,33 @@ def _teeth_split(image: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.
     return (upper + split * (lower - upper)).astype(np.float32)
 
 
+_EYE_MARGIN_CHROMA = 25.0  # Lab a*b* distance from the skin beyond which a lid margin is not skin
+
+
+def _eyes_fit_landmarks(image: np.ndarray, builder: _Builder) -> bool:
+    """Whether skin surrounds both eyes' landmark contours: thin bands just above and below
+    each lid margin must have the skin's hue (a quarter of their pixels may not: lashes,
+    glasses). A drawn eye larger than the landmarks puts its iris in those bands."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+    face = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(face, [np.round(builder.vertices[list(topo.FACE_OVAL), :2]).astype(np.int32)], 1)
+    skin = np.median(lab[face > 0], axis=0)
+    iod = builder.frame.iod
+    for contour, outward in ((topo.LEFT_EYE_UPPER, -1), (topo.LEFT_EYE_LOWER, 1),
+                             (topo.RIGHT_EYE_UPPER, -1), (topo.RIGHT_EYE_LOWER, 1)):
+        margin = builder.vertices[list(contour), :2]
+        band = np.concatenate([margin + [0, outward * 0.02 * iod], (margin + [0, outward * 0.07 * iod])[::-1]])
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [np.round(band).astype(np.int32)], 1)
+        pixels = lab[mask > 0]
+        if len(pixels) == 0:
+            continue
+        chroma = np.hypot(pixels[:, 1] - skin[1], pixels[:, 2] - skin[2])
+        if float(np.percentile(chroma, 75)) > _EYE_MARGIN_CHROMA:
+            return False
+    return True
+
+
 def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigConfig()) -> Rig:
     """Build the rig of a portrait (H, W, 3 uint8 RGB) from its (478, 3) pixel landmarks.
 
@@ -539,6 +569,10 @@ def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigC
         mouth = replace(mouth, cavity_image=image, cavity_upper=upper, cavity_lower=lower,
                         cavity_split=_teeth_split(image, upper, lower))
     bases = {**builder.mouth_bases(), **builder.eye_bases(), **builder.brow_bases()}
+    blinks = _eyes_fit_landmarks(image, builder)
+    if not blinks:
+        for side in ("Left", "Right"):
+            bases[f"eyeBlink{side}"] = np.zeros_like(bases[f"eyeBlink{side}"])
     stacked = np.stack([bases[name] for name in BLENDSHAPES])
     # Anchors never move: that is what keeps the background an exact copy.
     stacked[:, builder.head_weight == 0] = 0.0
@@ -557,4 +591,5 @@ def build_rig(image: np.ndarray, landmarks: np.ndarray, config: RigConfig = RigC
         mouth=mouth,
         anchor_polygon=builder.anchor_polygon,
         inverse_iterations=config.inverse_iterations,
+        blinks=blinks,
     )

@@ -123,7 +123,7 @@ def _opening_mask(points: np.ndarray, shape: tuple[int, ...], erode: int) -> np.
     return cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=erode) > 0 if erode else mask > 0
 
 
-@pytest.mark.parametrize("portrait", [PORTRAIT, PORTRAITS / "hopper.jpg"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("portrait", [PORTRAIT, PORTRAITS / "hopper.jpg", PORTRAITS / "obama.jpg"], ids=lambda p: p.stem)
 def test_full_blink_is_skin_with_a_lash_line(portrait: Path, record_property) -> None:
     avatar, rig = prepare_avatar(portrait, RenderOptions())
     renderer = Renderer(rig)
@@ -239,7 +239,8 @@ def _worst_jacobian(renderer: Renderer, motion: np.ndarray) -> float:
     return float(((1 + dxx) * (1 + dyy) - dxy * dyx).min())
 
 
-@pytest.mark.parametrize("portrait", [PORTRAIT, *TIGHT, PORTRAITS / "hopper.jpg"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("portrait", [PORTRAIT, *TIGHT, PORTRAITS / "hopper.jpg", PORTRAITS / "obama.jpg"],
+                         ids=lambda p: p.stem)
 def test_wide_openings_never_fold_the_skin(portrait: Path, record_property) -> None:
     """Thin lips at a wide opening, and a tight headshot whose chin nearly touches the frame:
     the warp stretches and squeezes but does not fold (the old rig folded the lower lip over
@@ -253,3 +254,15 @@ def test_wide_openings_never_fold_the_skin(portrait: Path, record_property) -> N
     record_property("min_jacobian", round(worst, 3))
     assert worst > -0.3, f"the warp folds: Jacobian {worst:.2f}"
     assert _worst_jacobian(renderer, _row(jawOpen=1.0)) > 0.05
+
+
+def test_drawn_eyes_larger_than_the_landmarks_do_not_blink_a_patch() -> None:
+    """An anime eye is far larger than the face mesh's eye: a blink would draw a lid beside
+    it (a skin patch with a line through the iris). Such a portrait keeps its eyes as drawn;
+    photos still blink."""
+    _, anime = prepare_avatar(PORTRAITS / "sylvie.jpg", RenderOptions())
+    _, photo = prepare_avatar(PORTRAIT, RenderOptions())
+    assert not anime.blinks and photo.blinks
+    blink = _row(eyeBlinkLeft=1.0, eyeBlinkRight=1.0)
+    assert np.array_equal(Renderer(anime).render(blink), Renderer(anime).render(rest_frame()))
+    assert not np.array_equal(Renderer(photo).render(blink), Renderer(photo).render(rest_frame()))
