@@ -23,8 +23,9 @@ import soundfile as sf
 import soxr
 
 from engine.errors import BadInputError
+from engine.formats import FEATURE_RATE
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = FEATURE_RATE  # the features are defined at this rate
 HOP = 160
 WIN = 400
 N_FFT = 512

@@ -1,7 +1,7 @@
 """Rendering and encoding a session's frames: in the calling thread, or in worker processes.
 
 A session turns each motion row into a picture (``engine.render.Renderer``) and, while a
-WebRTC peer takes VP8, into a VP8 packet (``engine.video.Vp8Encoder``): ~7 ms of CPU for a
+WebRTC peer takes VP8, into a VP8 packet (``engine.media.Vp8Encoder``): ~7 ms of CPU for a
 512² frame. Both are mostly C (OpenCV, libvpx) that releases the interpreter lock, but the
 Python around them does not, and a server's one interpreter also runs every session's event
 loop work (RTP, SRTP, Opus, sockets): with 4 sessions on 2 cores that interpreter was the wall
@@ -40,7 +40,7 @@ import numpy as np
 
 from engine.render import Renderer
 from engine.rig import Rig
-from engine.video import Vp8Encoder, video_pts
+from engine.media import Vp8Encoder, video_pts
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ class FrameRenderer:
             return RenderedFrame(image)
         if self._encoder is None:
             self._encoder = Vp8Encoder()
-        encoded = self._encoder.encode(image, video_pts(index), video.bitrate, video.keyframe)
-        if encoded is None:
+        self._encoder.target_bitrate = video.bitrate
+        packets = self._encoder.encode(image, video_pts(index), video.keyframe)
+        if not packets:
             return RenderedFrame(image)
-        return RenderedFrame(image, *encoded)
+        return RenderedFrame(image, packets[0].data, packets[0].keyframe)
 
     def close(self) -> None:
         self._encoder = None
@@ -285,6 +286,11 @@ class WorkerFrameRenderer:
         self._image = np.ndarray(rig.image.shape, np.uint8, buffer=self._memory.buf)
         self._closed = False
         self.reopened = 0  # streams re-opened on another worker after one failed
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The process rendering this stream now (None before its first frame)."""
+        return self._worker.process.pid if self._worker is not None else None
 
     async def render_async(self, motion: np.ndarray, index: int, video: VideoRequest | None) -> RenderedFrame:
         request = Channel.encode(("render", motion, index, video))

@@ -21,13 +21,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from engine.motion.batching import BatchingConfig, MotionBatcher
 from engine.motion.registry import LIVE_MOTION_MODEL, create_motion_model
 from engine.render_workers import RenderWorkerError, RenderWorkers
 from engine.motion_space import MotionControls
+from engine.session import Session
+from engine.session_types import SessionEvent, SessionFrame, SessionOptions
 from server.avatars import AvatarStore
 from server.config import Settings
 from server.errors import ApiError, not_found
@@ -56,11 +58,11 @@ class SessionParams:
 
 
 class FrameSink(Protocol):
-    def put_frame(self, frame: Any) -> None: ...
+    def put_frame(self, frame: SessionFrame) -> None: ...
 
 
 class LiveSession:
-    def __init__(self, session_id: str, token: str, params: SessionParams, engine: Any,
+    def __init__(self, session_id: str, token: str, params: SessionParams, engine: Session,
                  metrics: Metrics, settings: Settings) -> None:
         self.id = session_id
         self.token = token
@@ -70,7 +72,7 @@ class LiveSession:
         self._metrics = metrics
         self._settings = settings
         self._sinks: set[FrameSink] = set()
-        self._listeners: set[Callable[[Any], None]] = set()
+        self._listeners: set[Callable[[SessionEvent], None]] = set()
         self._clients: set[object] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task] = set()
@@ -139,9 +141,7 @@ class LiveSession:
                 self.frames_out += 1
                 window_frames += 1
                 m.frames_out.inc()
-            latency = getattr(self.engine, "latency_ms", None)
-            if latency is not None:
-                m.engine_latency.observe(float(latency) / 1000.0)
+            m.engine_latency.observe(self.engine.latency_ms / 1000.0)
             for sink in tuple(self._sinks):
                 try:
                     sink.put_frame(frame)
@@ -171,10 +171,10 @@ class LiveSession:
     def remove_sink(self, sink: FrameSink) -> None:
         self._sinks.discard(sink)
 
-    def add_listener(self, listener: Callable[[Any], None]) -> None:
+    def add_listener(self, listener: Callable[[SessionEvent], None]) -> None:
         self._listeners.add(listener)
 
-    def remove_listener(self, listener: Callable[[Any], None]) -> None:
+    def remove_listener(self, listener: Callable[[SessionEvent], None]) -> None:
         self._listeners.discard(listener)
 
     def count_dropped(self, stage: str, n: int = 1) -> None:
@@ -238,12 +238,6 @@ class LiveSession:
         self._metrics.forget_session(self.id)
 
     def describe(self) -> dict:
-        stats = getattr(self.engine, "stats", None)
-        if is_dataclass(stats):
-            stats = asdict(stats)
-        elif stats is not None and not isinstance(stats, dict):
-            stats = {"value": repr(stats)}
-        latency = getattr(self.engine, "latency_ms", None)
         return {
             "session_id": self.id,
             "state": "ended" if self.closed.is_set() else "live",
@@ -253,14 +247,14 @@ class LiveSession:
             "mode": self.params.mode,
             "size": self.params.size,
             "motion": self.params.motion,
-            "motion_backend": getattr(getattr(self.engine, "model", None), "backend", None),
+            "motion_backend": self.engine.model.backend,
             "clients": self.client_count,
             "frames_out": self.frames_out,
             "frames_dropped": self.frames_dropped,
             "fps": round(self.fps, 2),
             "frame_index": self.last_index,
-            "latency_ms": None if latency is None else float(latency),
-            "stats": stats,
+            "latency_ms": float(self.engine.latency_ms),
+            "stats": asdict(self.engine.stats),
         }
 
 
@@ -303,8 +297,6 @@ class SessionRegistry:
         return min(measured) if measured else math.nan
 
     async def create(self, params: SessionParams) -> LiveSession:
-        from engine.session import Session, SessionOptions
-
         if len(self._sessions) + self._starting >= self.settings.max_sessions:
             self.metrics.sessions_rejected.inc()
             raise ApiError(503, f"server is at its limit of {self.settings.max_sessions} sessions; retry later",

@@ -6,9 +6,8 @@ share its clock: video pts = ``frame.index`` on a 90 kHz clock, audio pts = samp
 
 When VP8 and Opus are negotiated (every browser offers both), the tracks hand aiortc packets
 instead of raw frames: the VP8 packets the engine session encodes with each render (in its
-render job, so in a render worker process when the server has them; ``engine.video``: about
-60 % less CPU than aiortc's encoder) and Opus packets from ``server.media`` (no per-sample
-Python loop per audio frame). aiortc tells only its own encoder about keyframe requests
+render job, so in a render worker process when the server has them) and Opus packets encoded
+here, both by the encoders of ``engine.media`` (a fraction of the CPU of aiortc's own). aiortc tells only its own encoder about keyframe requests
 (PLI/FIR) and the receiver's bandwidth estimate (REMB), and has no public hook for them;
 :func:`_forward_feedback` wraps the video sender's RTCP handler so the track hears them and
 passes them to the session. Any other codec gets raw frames, encoded by aiortc.
@@ -24,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -37,8 +37,9 @@ from aiortc.stats import RTCTransportStats
 
 from server.config import Settings
 from server.errors import ApiError
-from engine.video import VIDEO_TIME_BASE, VP8_START_BITRATE, video_pts, yuv420p_frame
-from server.media import AUDIO_RATE, AUDIO_TIME_BASE, OPUS_FRAME, OpusEncoder
+from engine.formats import VOICE_RATE
+from engine.media import (OPUS_FRAME, VIDEO_TIME_BASE, VOICE_TIME_BASE, VP8_START_BITRATE, OpusEncoder, video_pts,
+                          yuv420p_frame)
 from server.metrics import Metrics
 from server.sessions import LiveSession
 
@@ -165,10 +166,7 @@ class SessionVideoTrack(MediaStreamTrack):
         frame = await self._queue.get()
         pts = video_pts(frame.index)
         if self.codec == VP8:
-            packet = av.Packet(frame.packet)
-            packet.pts = pts
-            packet.time_base = VIDEO_TIME_BASE
-            return packet
+            return _av_packet(frame.packet, pts, VIDEO_TIME_BASE)
         # Conversion runs off the event loop, which carries every session's packets.
         image = await asyncio.get_running_loop().run_in_executor(None, yuv420p_frame, frame.image)
         image.pts = pts
@@ -212,17 +210,24 @@ class SessionAudioTrack(MediaStreamTrack):
             if self.codec != OPUS:
                 return _audio_frame(chunk, pts)
             # Encoded here, on the loop: 0.3 ms, less than a hop to a worker thread and back.
-            packet = self._encoder.encode(chunk, pts)
-            if packet is not None:
-                return packet
+            for packet in self._encoder.encode(chunk, pts):
+                return _av_packet(packet.data, packet.pts, VOICE_TIME_BASE)
 
 
 def _audio_frame(chunk: np.ndarray, pts: int) -> av.AudioFrame:
     audio = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-    audio.sample_rate = AUDIO_RATE
+    audio.sample_rate = VOICE_RATE
     audio.pts = pts
-    audio.time_base = AUDIO_TIME_BASE
+    audio.time_base = VOICE_TIME_BASE
     return audio
+
+
+def _av_packet(data: bytes, pts: int, time_base: Fraction) -> av.Packet:
+    """An encoded packet as aiortc takes it from a track (it only packetizes it)."""
+    packet = av.Packet(data)
+    packet.pts = pts
+    packet.time_base = time_base
+    return packet
 
 
 def _forward_feedback(sender: RTCRtpSender, track: SessionVideoTrack) -> None:
@@ -264,7 +269,7 @@ def _sent_codecs(pc: RTCPeerConnection) -> dict[RTCRtpSender, str]:
 async def _consume_microphone(live: LiveSession, track: MediaStreamTrack) -> None:
     """Remote audio -> 48 kHz mono s16 -> ``session.push_audio`` (puppet mode); in TTS mode
     the track is drained and ignored."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
     puppet = live.params.mode == "puppet"
     while True:
         try:
@@ -277,7 +282,7 @@ async def _consume_microphone(live: LiveSession, track: MediaStreamTrack) -> Non
             samples = out.to_ndarray().reshape(-1)
             if len(samples):
                 try:
-                    live.engine.push_audio(samples, AUDIO_RATE)
+                    live.engine.push_audio(samples, VOICE_RATE)
                 except ValueError as error:  # e.g. too much pending audio: drop, keep going
                     log.warning("session %s: microphone audio dropped: %s", live.id, error)
 

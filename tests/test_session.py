@@ -24,16 +24,9 @@ from engine.errors import BadInputError
 from engine.motion.registry import create_motion_model
 from engine.motion_space import FPS, INDEX
 from engine.offline import DEFAULT_PORTRAIT, RenderOptions, audio_to_motion, prepare_avatar
-from engine.session import (
-    FEATURE_SPILL,
-    OUTPUT_RATE,
-    SAMPLES_PER_FRAME_IN,
-    SAMPLES_PER_FRAME_OUT,
-    Session,
-    SessionEvent,
-    SessionFrame,
-    SessionOptions,
-)
+from engine.formats import FEATURE_SAMPLES_PER_FRAME, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
+from engine.session import FEATURE_SPILL, Session
+from engine.session_types import SessionEvent, SessionFrame, SessionOptions
 
 TEXT = "Bob, my papa bought a big map of Panama. Palm trees bob above the bay."
 RATE = 22050
@@ -99,7 +92,7 @@ def voice(frames: list[SessionFrame]) -> np.ndarray:
 
 
 def to_48k(samples: np.ndarray) -> np.ndarray:
-    return soxr.resample(samples.astype(np.float64), RATE, OUTPUT_RATE, quality="HQ")
+    return soxr.resample(samples.astype(np.float64), RATE, VOICE_RATE, quality="HQ")
 
 
 def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
@@ -116,8 +109,8 @@ def longest_zero_run(samples: np.ndarray) -> tuple[int, int]:
 
 def test_feature_spill_completes_a_video_frame() -> None:
     stream = StreamingLogMel()
-    assert len(stream.push(np.zeros(SAMPLES_PER_FRAME_IN + FEATURE_SPILL))) == MELS_PER_FRAME
-    assert len(stream.push(np.zeros(SAMPLES_PER_FRAME_IN))) == MELS_PER_FRAME
+    assert len(stream.push(np.zeros(FEATURE_SAMPLES_PER_FRAME + FEATURE_SPILL))) == MELS_PER_FRAME
+    assert len(stream.push(np.zeros(FEATURE_SAMPLES_PER_FRAME))) == MELS_PER_FRAME
 
 
 def test_streamed_motion_equals_offline(rig, speech: np.ndarray) -> None:
@@ -161,13 +154,13 @@ def test_voice_out_is_the_input_at_48k_with_silence_around(rig, speech: np.ndarr
     frames, events = run(main())
     out = voice(frames)
     offset = int(np.argmax(correlate(out, expected, mode="valid", method="fft")))
-    assert offset >= 10 * SAMPLES_PER_FRAME_OUT
+    assert offset >= 10 * VOICE_SAMPLES_PER_FRAME
     assert not out[:offset].any() and not out[offset + len(expected) :].any()
     assert snr_db(expected, out[offset : offset + len(expected)]) > 40.0
 
     speaking = [f.index for f in frames if f.speaking]
     assert speaking == list(range(speaking[0], speaking[-1] + 1))
-    assert speaking[0] == offset // SAMPLES_PER_FRAME_OUT
+    assert speaking[0] == offset // VOICE_SAMPLES_PER_FRAME
     started, finished = events
     assert (started.type, started.turn, started.frame_index) == ("playback_started", 1, speaking[0])
     assert (finished.type, finished.turn, finished.interrupted) == ("playback_finished", 1, False)
@@ -197,7 +190,7 @@ def test_underrun_inserts_silence_without_ending_the_turn(rig, speech: np.ndarra
     # One turn is one resampler stream: the voice is its output with a gap where it ran dry.
     out, expected = voice(frames), to_48k(speech)
     dry_from, dry_to = longest_zero_run(out)
-    assert dry_to - dry_from > 0.8 * OUTPUT_RATE
+    assert dry_to - dry_from > 0.8 * VOICE_RATE
     assert snr_db(expected[:dry_from], out[:dry_from]) > 40.0
     rest = expected[dry_from:]
     assert snr_db(rest, out[dry_to : dry_to + len(rest)]) > 40.0
@@ -256,7 +249,7 @@ def test_idle_face_blinks_with_mouth_closed(rig) -> None:
     assert motion[:, INDEX["eyeBlinkLeft"]].max() > 0.5
     assert motion[:, INDEX["headYaw"]].std() > 0
     assert not any(f.speaking or f.audio.any() for f in frames)
-    assert all(f.audio.shape == (SAMPLES_PER_FRAME_OUT,) and f.audio.dtype == np.int16 for f in frames)
+    assert all(f.audio.shape == (VOICE_SAMPLES_PER_FRAME,) and f.audio.dtype == np.int16 for f in frames)
     assert events == []
 
 
@@ -440,12 +433,12 @@ def test_a_killed_render_worker_is_replaced_and_its_sessions_go_on(rig, render_w
         for stream in streams:
             await take(stream, 3)
         for serving in (sessions[:1], sessions):
-            kill = {s._renderer._worker.process.pid for s in serving}
+            kill = {s.route.worker.worker_pid for s in serving}
             for pid in kill:
                 os.kill(pid, signal.SIGKILL)
             await asyncio.gather(*(rendering_again(stream) for stream in streams))
             assert set(render_workers.pids).isdisjoint(kill)
-        assert sum(s._renderer.reopened for s in sessions) >= 3
+        assert sum(s.route.worker.reopened for s in sessions) >= 3
         for s in sessions:
             await s.close()
 
@@ -495,51 +488,53 @@ def test_a_turn_starts_inside_a_read_as_soon_as_holdback_allows_and_never_runs_d
     """One frame of audio per read, pushed in uneven pieces: the turn starts in the read where
     what is pushed first exceeds what the resamplers may hold back (plus the margin), after
     silence inside that read, and from there the reader never meets a missing sample."""
-    from engine.session import TURN_START_MARGIN, SessionStats, _Playout, max_holdback
+    from engine.playout import TURN_START_MARGIN, Playout, max_holdback
+    from engine.session_types import SessionStats
 
     rng = np.random.default_rng(rate)
     per_read = rate // FPS
     t = np.arange(120 * per_read) / rate
     audio = (0.5 + 0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # never zero
-    playout = _Playout(SessionStats())
+    playout = Playout(SessionStats())
     reads = []
     for k in range(120):
         frame = audio[k * per_read : (k + 1) * per_read]
         for piece in np.split(frame, np.sort(rng.integers(0, per_read, 2))):
             playout.push(piece, rate)
-        reads.append(playout.read(SAMPLES_PER_FRAME_IN))
+        reads.append(playout.read(FEATURE_SAMPLES_PER_FRAME))
     out = np.concatenate(reads)
     first = int(np.flatnonzero(out)[0])
     assert (out[first:] != 0).all()
     # Pushes keep pace with reads, so the voice lags its input by exactly that much.
     assert first == max_holdback(rate) + TURN_START_MARGIN
-    assert first % SAMPLES_PER_FRAME_IN != 0  # inside a read, not at a frame boundary
+    assert first % FEATURE_SAMPLES_PER_FRAME != 0  # inside a read, not at a frame boundary
 
 
 def test_underruns_widen_the_start_margin_and_clean_reads_narrow_it() -> None:
-    from engine.session import MARGIN_DECAY, TURN_START_MARGIN, SessionStats, _Playout, max_holdback
+    from engine.playout import MARGIN_DECAY, TURN_START_MARGIN, Playout, max_holdback
+    from engine.session_types import SessionStats
 
     rate, n = 48000, 48000 // FPS
     audio = (0.5 + 0.3 * np.sin(np.arange(60 * n) * 0.05)).astype(np.float32)  # never zero
     stats = SessionStats()
-    playout = _Playout(stats)
+    playout = Playout(stats)
     for k in range(10):  # a turn in real time ...
         playout.push(audio[k * n : (k + 1) * n], rate)
-        playout.read(SAMPLES_PER_FRAME_IN)
-    stalled = np.concatenate([playout.read(SAMPLES_PER_FRAME_IN) for _ in range(2)])  # ... whose source stalls
+        playout.read(FEATURE_SAMPLES_PER_FRAME)
+    stalled = np.concatenate([playout.read(FEATURE_SAMPLES_PER_FRAME) for _ in range(2)])  # ... whose source stalls
     filled = int(np.sum(stalled == 0))
     assert stats.underrun_frames > 0 and filled > 0
     assert TURN_START_MARGIN + filled - MARGIN_DECAY <= playout.margin <= TURN_START_MARGIN + filled
     playout.push(audio[10 * n : 11 * n], rate)
     playout.end_turn()
     for _ in range(20):
-        playout.read(SAMPLES_PER_FRAME_IN)
+        playout.read(FEATURE_SAMPLES_PER_FRAME)
     margin = playout.margin
     assert margin < TURN_START_MARGIN + filled  # given back while the voice runs clean
     reads = []
     for k in range(20, 40):  # the next turn starts with the wider margin in hand
         playout.push(audio[k * n : (k + 1) * n], rate)
-        reads.append(playout.read(SAMPLES_PER_FRAME_IN))
+        reads.append(playout.read(FEATURE_SAMPLES_PER_FRAME))
     assert int(np.flatnonzero(np.concatenate(reads))[0]) == max_holdback(rate) + margin
 
 
@@ -577,12 +572,12 @@ def test_real_time_pushes_play_without_gaps(rig, speech: np.ndarray, rate: int) 
     frames, events, underruns = run(main())
     assert underruns == 0
     out = voice(frames)
-    expected = soxr.resample(clip.astype(np.float64), rate, OUTPUT_RATE, quality="HQ")
+    expected = soxr.resample(clip.astype(np.float64), rate, VOICE_RATE, quality="HQ")
     offset = int(np.argmax(correlate(out, expected, mode="valid", method="fft")))
     turn = out[offset : offset + len(expected)]
     assert snr_db(expected, turn) > 40.0
     start, end = longest_zero_run(turn)
-    assert end - start <= OUTPUT_RATE // 1000  # no gap longer than 1 ms inside the turn
+    assert end - start <= VOICE_RATE // 1000  # no gap longer than 1 ms inside the turn
     speaking = [f.index for f in frames if f.speaking]
     assert speaking == list(range(speaking[0], speaking[-1] + 1))
-    assert speaking[0] == offset // SAMPLES_PER_FRAME_OUT
+    assert speaking[0] == offset // VOICE_SAMPLES_PER_FRAME

@@ -29,6 +29,7 @@ class MotionModel(Protocol):
 
     name: str
     lookahead_frames: int  # video frames of features needed beyond those generated, ≤ 2
+    backend: str | None  # the runtime of a learned model's network (None: no network)
 
     def start(self, controls: MotionControls) -> None:
         """Reset all state for a new stream driven by ``controls`` (seeded)."""

@@ -262,6 +262,7 @@ class BaselineMotion:
 
     name = "baseline"
     lookahead_frames = 1  # the follower's 20 ms lead reaches into the next video frame
+    backend = None
 
     def __init__(self) -> None:
         self._attack = _follower_coefficient(ATTACK_S, MEL_RATE)
