@@ -23,8 +23,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import client_demo
 from engine.errors import BadInputError
-from engine.motion.registry import MOTION_MODELS, parse_spec
-from engine.motion_space import FPS
+from engine.motion.registry import parse_spec
+from engine.formats import FPS, FRAME_SIZE
 from engine.render_workers import RenderWorkers
 from engine.session import share_cores_between_sessions
 from server.avatars import DEFAULT_ID, AvatarStore
@@ -37,20 +37,6 @@ from server.sessions import LiveSession, SessionParams, SessionRegistry
 
 log = logging.getLogger("emolive.server")
 DEMO_DIR = Path(client_demo.__file__).resolve().parent
-
-
-class SessionRequest(BaseModel):
-    avatar_id: str = Field(DEFAULT_ID, description="avatar to animate ('default' is the bundled portrait)")
-    mode: Literal["tts", "puppet"] = Field(
-        "tts", description="tts: speech arrives as PCM16 on the WebSocket and is sent back, lip-synced, "
-                           "as the WebRTC audio track; puppet: the WebRTC peer's microphone drives the face")
-    size: int = Field(512, ge=64, le=1024, multiple_of=2, description="square frame side in pixels")
-    motion: str | None = Field(None, description=f"motion model: {', '.join(MOTION_MODELS)}, optionally with "
-                                                 "sampling steps ('student:4'); default: the server's")
-    head_motion: float = Field(1.0, ge=0.0, le=2.0, description="0 still, 1 natural, 2 lively")
-    expressiveness: float = Field(1.0, ge=0.0, le=2.0, description="brows, cheeks, smiles: 0 flat .. 2 animated")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for blinks and head sway")
-    video: bool = Field(True, description="render video; false: events and motion rows only")
 
 
 class IceServerInfo(BaseModel):
@@ -137,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             enable_loopback_candidates()
         await asyncio.to_thread(store.ensure_default)
         # Build the bundled avatar's default rig now, so the first session starts at once.
-        await store.rig_async(DEFAULT_ID, 512)
+        await store.rig_async(DEFAULT_ID, FRAME_SIZE)
         await registry.check_motion(settings.motion)
         metrics.avatars.set(len(store.list()))
         registry.start()
@@ -243,15 +229,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"],
               dependencies=[require_api_key], responses=error_responses(401, 403, 404, 413, 422, 503))
-    async def create_session(request: SessionRequest | None = None) -> SessionCreated:
-        request = request or SessionRequest()
-        fields = request.model_dump()
-        fields["motion"] = request.motion or settings.motion
+    async def create_session(request: SessionParams | None = None) -> SessionCreated:
+        params = request or SessionParams()
+        if params.motion is None:
+            params = params.model_copy(update={"motion": settings.motion})
         try:
-            parse_spec(fields["motion"])
+            parse_spec(params.motion)
         except ValueError as error:
             raise ApiError(422, f"motion: {error}") from None
-        live = await registry.create(SessionParams(**fields))
+        live = await registry.create(params)
         base = f"/v1/sessions/{live.id}"
         return SessionCreated(session_id=live.id, token=live.token, avatar_id=live.params.avatar_id,
                               mode=live.params.mode, size=live.params.size, fps=FPS,

@@ -21,16 +21,19 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.motion.batching import BatchingConfig, MotionBatcher
-from engine.motion.registry import LIVE_MOTION_MODEL, create_motion_model
+from engine.formats import FRAME_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE
+from engine.motion.registry import MOTION_MODELS, create_motion_model
 from engine.render_workers import RenderWorkerError, RenderWorkers
 from engine.motion_space import MotionControls
 from engine.session import Session
 from engine.session_types import SessionEvent, SessionFrame, SessionOptions
-from server.avatars import AvatarStore
+from server.avatars import DEFAULT_ID, AvatarStore
 from server.config import Settings
 from server.errors import ApiError, not_found
 from server.metrics import Metrics
@@ -45,16 +48,29 @@ ENGINE_CLOSE_TIMEOUT_S = 2.0
 ENDED_KEEP = 256
 
 
-@dataclass(frozen=True)
-class SessionParams:
-    avatar_id: str = "default"
-    mode: str = "tts"  # "tts": voice comes in over the WebSocket; "puppet": the peer's microphone
-    size: int = 512
-    motion: str = LIVE_MOTION_MODEL
-    head_motion: float = 1.0
-    expressiveness: float = 1.0
-    seed: int = 0
-    video: bool = True  # False: motion rows / events only, nothing is rendered
+class SessionParams(BaseModel):
+    """What a client asks a session to be: the API's request body, and what the server keeps."""
+
+    model_config = ConfigDict(frozen=True)
+
+    avatar_id: str = Field(DEFAULT_ID, description="avatar to animate ('default' is the bundled portrait)")
+    mode: Literal["tts", "puppet"] = Field(
+        "tts", description="tts: speech arrives as PCM16 on the WebSocket and is sent back, lip-synced, "
+                           "as the WebRTC audio track; puppet: the WebRTC peer's microphone drives the face")
+    size: int = Field(FRAME_SIZE, ge=MIN_FRAME_SIZE, le=MAX_FRAME_SIZE, multiple_of=2,
+                      description="square frame side in pixels")
+    motion: str | None = Field(None, description=f"motion model: {', '.join(MOTION_MODELS)}, optionally with "
+                                                 "sampling steps ('student:4'); default: the server's")
+    head_motion: float = Field(1.0, ge=0.0, le=2.0, description="0 still, 1 natural, 2 lively")
+    expressiveness: float = Field(1.0, ge=0.0, le=2.0, description="brows, cheeks, smiles: 0 flat .. 2 animated")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for blinks and head sway")
+    video: bool = Field(True, description="render video; false: events and motion rows only")
+
+    def engine_options(self, max_pending_seconds: float) -> SessionOptions:
+        """The engine session's options for these parameters."""
+        controls = MotionControls(head_motion=self.head_motion, expressiveness=self.expressiveness, seed=self.seed)
+        return SessionOptions(controls=controls, render_video=self.video, realtime=True,
+                              max_pending_seconds=max_pending_seconds)
 
 
 class FrameSink(Protocol):
@@ -307,16 +323,14 @@ class SessionRegistry:
         try:
             rig = await self.store.rig_async(params.avatar_id, params.size)
             try:
-                model = await asyncio.to_thread(create_motion_model, params.motion, self.settings.motion_backend)
+                model = await asyncio.to_thread(create_motion_model, params.motion or self.settings.motion,
+                                                self.settings.motion_backend)
             except ValueError as error:
                 raise ApiError(422, f"motion: {error}") from None
             except Exception as error:  # missing or unreadable weights: the server's problem, said plainly
                 log.exception("motion model %r cannot be loaded", params.motion)
                 raise ApiError(503, f"motion model {params.motion!r} is unavailable on this server: {error}") from None
-            controls = MotionControls(head_motion=params.head_motion, expressiveness=params.expressiveness,
-                                      seed=params.seed)
-            options = SessionOptions(controls=controls, render_video=params.video, realtime=True,
-                                     max_pending_seconds=self.settings.max_pending_seconds)
+            options = params.engine_options(self.settings.max_pending_seconds)
             engine = Session(rig, model, options, executor=self.executor, batcher=self.batcher,
                              render_workers=self.render_workers)
         except KeyError:
