@@ -229,4 +229,3 @@ def landmark_iou(a: np.ndarray, b: np.ndarray) -> float:
     ih = max(0.0, min(ay1, by1) - max(ay0, by0))
     inter = iw * ih
     return inter / (landmark_area(a) + landmark_area(b) - inter + 1e-9)
-

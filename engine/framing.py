@@ -65,4 +65,3 @@ def refine(frame: ImageView, expected: np.ndarray, tone: Callable) -> np.ndarray
         return expected
     near = min(found, key=lambda f: np.linalg.norm(landmark_centre(f) - landmark_centre(expected)))
     return near if landmark_iou(near, expected) > 0.3 else expected
-

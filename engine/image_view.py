@@ -102,4 +102,3 @@ def _soft_fill(image: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray
     distance = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
     sharp = np.clip(1.0 - distance / (2 * sigma), 0.0, 1.0)[..., None]
     return np.round(sharp * mirrored + (1.0 - sharp) * blurred).astype(np.uint8)
-

@@ -115,4 +115,3 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-

@@ -126,7 +126,6 @@ def _contour_height(face_xy: np.ndarray, contour: tuple[int, ...], query_a: np.n
     return np.interp(query_a, pts[order, 0], pts[order, 1])
 
 
-
 def _teeth_split(image: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """Where a parted mouth's cavity divides into what rides the skull and what rides the
     jaw: at the darkest point of the upper-to-lower lip chords below their top third (the gap

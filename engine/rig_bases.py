@@ -1,9 +1,9 @@
 """The rig's blendshape bases: one displacement field per ARKit blendshape on the mesh.
 
-Each basis is authored in the canonical face frame (so in inter-ocular distances, scaled to
-the portrait) by moving a few handles (lip contours, lids, brows) and letting the skin around
-them follow with a Gaussian falloff; it is the pixel displacement of every vertex at
-activation 1.
+Each basis is the pixel displacement of every vertex at activation 1, authored in the
+canonical face frame (so in inter-ocular distances, scaled to the portrait): lips, cheeks and
+brows move a few handles and the skin around them follows with a Gaussian falloff; the jaw
+and the lids move along smooth ramps across the face.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ def _spread(
     disp = (kernel @ handle_disp) / np.maximum(kernel.sum(1, keepdims=True), 1.0)
     disp[handles] = handle_disp
     return disp
-
 
 
 class _Author:

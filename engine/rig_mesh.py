@@ -165,4 +165,3 @@ class RigMesh:
         nose = self.vertices[topo.NOSE_TIP]
         centre = np.array([oval[:, 0].mean(), nose[1], oval[:, 2].mean() + 0.7 * self.frame.iod])
         return centre + np.r_[self.frame.v * 0.25 * self.frame.iod, 0.0]
-
