@@ -11,10 +11,10 @@ from engine.errors import BadInputError
 DESCRIPTION = """\
 Write emolive's models as ONNX files for ONNX Runtime, TensorRT or any other runtime.
 
-Files are build outputs, named by content hash (renderer-<portrait sha256>-<build key>.onnx,
-denoiser-<kind>-<weights sha256>-<build key>.onnx) with a JSON sidecar describing inputs,
-outputs, shapes, opset and source hashes. A file that
-is already up to date is not rebuilt; never edit one by hand (delete it or pass --force).
+Files are build outputs, named by content hash (denoiser-<kind>-<weights sha256>-<build
+key>.onnx) with a JSON sidecar describing inputs, outputs, shapes, opset and source hashes.
+A file that is already up to date is not rebuilt; never edit one by hand (delete it or pass
+--force). The renderer has no exported form: it runs on the CPU only.
 
   onnx  export to ONNX (opset >= 17, dynamic batch axis), checked by onnx.checker and
         shape inference
@@ -24,10 +24,6 @@ is already up to date is not rebuilt; never edit one by hand (delete it or pass 
 ONNX_DESCRIPTION = """\
 Export models to ONNX, checked by onnx.checker (full check) and strict shape inference.
 
-renderer: one avatar's renderer (motion -> flow -> grid_sample, mouth compositor included).
-  input  motion  float32 (batch, 35): head pose then ARKit blendshapes, channel order as
-                 `emolive motion` writes them; clipped to their limits in the graph
-  output frames  uint8 (batch, H, W, 3): RGB, H = W = --size for the default framing
 denoiser: one sampler step of the student motion model (MotionDiT.forward), all float32,
   K = 12 past frames, H = 2 hop frames, A = 12 audio frames:
   input  x_t            (batch, H, 35): the hop's noisy frames, normalised motion units
@@ -42,9 +38,9 @@ denoiser: one sampler step of the student motion model (MotionDiT.forward), all 
 
 TRT_DESCRIPTION = """\
 Build TensorRT engines from the ONNX exports (exporting them first if needed), one
-optimisation profile over the batch axis: the denoiser in fp16, the renderer in fp32 (its
-sampling coordinates are pixel positions) unless --precision says otherwise. Needs the tensorrt Python package and a CUDA GPU;
-without them this prints why and exits with status 2.
+optimisation profile over the batch axis, the denoiser in fp16 unless --precision says
+otherwise. Needs the tensorrt Python package and a CUDA GPU; without them this prints why
+and exits with status 2.
 """
 
 
@@ -55,11 +51,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="directory for the files (created if missing); up-to-date files in it are reused")
     parser.add_argument("--what", choices=[*exporter_names(), "all"], default="all",
                         help="which model(s) to export (default: all that this installation can export)")
-    parser.add_argument("--portrait", type=Path, default=None, metavar="PATH",
-                        help="portrait whose renderer to export: PNG, JPEG, WebP or BMP (default: the bundled astronaut)")
-    parser.add_argument("--size", type=int, default=512, metavar="N",
-                        help="avatar frame side in pixels, as `emolive render --size`; the renderer's output is "
-                             "N x N (default: 512)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET})")
     parser.add_argument("--force", action="store_true", help="rebuild even if up-to-date files exist")
@@ -75,15 +66,14 @@ def add_export_parser(commands) -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(onnx)
     onnx.add_argument("--verify", action="store_true",
-                      help="also render a motion sweep (jaw, lips, blinks, brows, head pose extremes) with ONNX "
-                           "Runtime and print its difference from the CPU renderer, and compare the denoiser's "
-                           "velocity with the torch module's on random inputs at batch sizes 1 to 8")
+                      help="also compare the denoiser's velocity on ONNX Runtime with the torch module's on "
+                           "random inputs at batch sizes 1 to 8")
     trt = kinds.add_parser("trt", help="build TensorRT engines (needs tensorrt and a CUDA GPU)",
                            description=TRT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(trt)
     trt.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
-                     help="engine precision: fp16, fp32, or auto (default): fp16 except where a model's sidecar "
-                          "asks for fp32 (the renderer, whose sampling coordinates need it)")
+                     help="engine precision: fp16, fp32, or auto (default): what each model's sidecar asks for, "
+                          "fp16 where it says nothing")
     trt.add_argument("--max-batch", type=int, default=8, metavar="N",
                      help="largest batch the engines accept (default: 8)")
     trt.add_argument("--opt-batch", type=int, default=4, metavar="N",
@@ -92,12 +82,8 @@ def add_export_parser(commands) -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if not 64 <= args.size <= 2048:
-        raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
     if args.opset < 17:
         raise BadInputError(f"--opset must be at least 17, got {args.opset}")
-    if args.portrait is not None and not args.portrait.is_file():
-        raise BadInputError(f"{args.portrait}: no such file")
     if args.output.exists() and not args.output.is_dir():
         raise BadInputError(f"{args.output}: exists and is not a directory")
     if args.export == "trt":
@@ -110,8 +96,7 @@ def _check(args: argparse.Namespace) -> None:
 def _export_onnx(args: argparse.Namespace) -> list:
     from export.registry import ExporterUnavailable, ExportRequest, exporter_names, get_exporter
 
-    request = ExportRequest(out_dir=args.output, portrait=args.portrait, size=args.size, opset=args.opset,
-                            force=args.force)
+    request = ExportRequest(out_dir=args.output, opset=args.opset, force=args.force)
     names = exporter_names() if args.what == "all" else [args.what]
     results = []
     for name in names:
@@ -130,28 +115,6 @@ def _export_onnx(args: argparse.Namespace) -> list:
     if not results:
         raise BadInputError("nothing to export")
     return results
-
-
-def _verify(results: list, args: argparse.Namespace) -> None:
-    from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
-    from engine.render import Renderer
-    from export.parity import sweep_parity
-    from export.runtime import OnnxRenderer
-
-    for result in results:
-        if result.name == "denoiser":
-            _verify_denoiser(result)
-        if result.name != "renderer":
-            continue
-        _, rig = prepare_avatar(args.portrait or DEFAULT_PORTRAIT, RenderOptions(size=args.size))
-        rows = sweep_parity(Renderer(rig), OnnxRenderer(result.path).render_batch)
-        for row in rows:
-            print(f"  {row}", file=sys.stderr)
-        worst = max(row.mad for row in rows)
-        print(f"renderer parity: worst frame MAD {worst:.4f}/255 (bound 2/255), worst mouth MAD "
-              f"{max(row.mouth_mad for row in rows):.4f}/255", file=sys.stderr)
-        if worst > 2.0:
-            raise RuntimeError(f"renderer ONNX differs from the CPU renderer by {worst:.3f}/255 (more than 2/255)")
 
 
 def _verify_denoiser(result) -> None:
@@ -186,4 +149,6 @@ def run_export(args: argparse.Namespace) -> None:
         return
     results = _export_onnx(args)
     if args.verify:
-        _verify(results, args)
+        for result in results:
+            if result.name == "denoiser":
+                _verify_denoiser(result)

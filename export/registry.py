@@ -16,9 +16,8 @@ from typing import Callable
 
 DEFAULT_OPSET = 17
 
-# name -> "module:function". The denoiser's exporter lands in export/denoiser.py.
+# name -> "module:function".
 EXPORTERS: dict[str, str] = {
-    "renderer": "export.onnx_export:export_renderer",
     "denoiser": "export.denoiser:export_denoiser",
 }
 
@@ -28,8 +27,6 @@ class ExportRequest:
     """Everything an exporter may need; each uses what applies to it."""
 
     out_dir: Path
-    portrait: Path | None = None  # None: the bundled portrait
-    size: int = 512  # avatar frame side, as `emolive render --size`
     opset: int = DEFAULT_OPSET
     force: bool = False  # rebuild even when an up-to-date file exists
 

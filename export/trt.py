@@ -6,9 +6,7 @@ them changes. Every engine gets one optimisation profile over the dynamic batch 
 (1 .. ``max_batch``, tuned for ``opt_batch``).
 
 Precision: ``fp16`` lets TensorRT run layers in half precision; ``fp32`` does not; ``auto``
-takes what each model's sidecar asks for (``trt.precision``), fp16 when it says nothing. The
-renderer asks for fp32: its sampling coordinates are pixel positions, which fp16 resolves
-only to 0.25-0.5 px at 512 px.
+takes what each model's sidecar asks for (``trt.precision``), fp16 when it says nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Portrait loading, face registration and the avatar cache (engine.avatar).
+"""Portrait loading, face registration and the avatar cache (engine.portrait,
+engine.face_detection, engine.framing, engine.avatar).
 
 Every input is built at test time from the bundled astronaut portrait.
 """
@@ -19,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import avatar
-from engine.avatar import Avatar, default_cache_dir, load_portrait, register_avatar
+from engine import avatar, face_detection
+from engine.avatar import Avatar, default_cache_dir, register_avatar
 from engine.errors import BadInputError
+from engine.portrait import load_portrait
 
 ASTRONAUT = Path(avatar.__file__).parent / "assets" / "astronaut.jpg"
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +49,8 @@ def astro() -> np.ndarray:
 @pytest.fixture(scope="module")
 def astro_face(astro: np.ndarray) -> tuple[float, float, float, float]:
     """The astronaut's landmark box in the original 512x512 image."""
-    faces, _ = avatar._find_faces(astro)
-    return avatar._box(faces[0])
+    faces, _ = face_detection.find_faces(astro)
+    return face_detection.landmark_box(faces[0])
 
 
 def save(image: np.ndarray, path: Path, **kwargs) -> Path:
@@ -220,7 +222,7 @@ def test_tight_crop_needs_padding(astro: np.ndarray, astro_face, tmp_path: Path)
     ix, iy = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
     big = cv2.resize(astro, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
     tight = big[int(2 * (y0 + iy)) : int(2 * (y1 - iy)), int(2 * (x0 + ix)) : int(2 * (x1 - ix))]
-    _, attempt = avatar._find_faces(tight)
+    _, attempt = face_detection.find_faces(tight)
     assert "pad" in attempt
     # The face runs off the image: the frame holds the whole face, padded around it.
     av = register_avatar(save(tight, tmp_path / "tight.png"))
@@ -255,7 +257,7 @@ def test_paintings_and_drawings_register(astro: np.ndarray, tmp_path: Path, make
 
 def test_washed_out_photo_needs_contrast(astro: np.ndarray, tmp_path: Path) -> None:
     faded = (astro * 0.03 + 128 * 0.97).astype(np.uint8)  # 8 grey levels in all
-    _, attempt = avatar._find_faces(faded)
+    _, attempt = face_detection.find_faces(faded)
     assert attempt.startswith("clahe")
     assert_head_and_shoulders(register_avatar(save(faded, tmp_path / "faded.png")))
 
@@ -324,8 +326,8 @@ def test_cache_hit_skips_detection(
     def no_detection(*_args, **_kwargs):
         raise AssertionError("detection ran on a cache hit")
 
-    monkeypatch.setattr(avatar, "_find_faces", no_detection)
-    monkeypatch.setattr(avatar._MP, "mesh", no_detection)
+    monkeypatch.setattr(avatar, "find_faces", no_detection)
+    monkeypatch.setattr(face_detection._MP, "mesh", no_detection)
     # The same bytes under another name are the same avatar.
     copy = tmp_path / "copy.jpg"
     copy.write_bytes(ASTRONAUT.read_bytes())
