@@ -129,7 +129,7 @@ def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: i
 
     from engine.motion.backends import BackendUnavailable
     from engine.motion.registry import create_motion_model
-    from export.denoiser import random_inputs
+    from engine.motion.onnx_graph import random_inputs
 
     torch.set_num_threads(1)
     denoisers, unavailable = {}, {}
@@ -160,7 +160,7 @@ def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: i
 
 
 class MatMulFloor:
-    """The denoiser's weight MatMuls alone (shapes as :class:`export.denoiser.GraphDiT` runs
+    """The denoiser's weight MatMuls alone (shapes as :class:`engine.motion.onnx_graph.GraphDiT` runs
     them, rows scaled by the batch) as one ONNX Runtime graph on one thread."""
 
     backend = "onnxruntime, weight MatMuls only (floor)"

@@ -120,7 +120,7 @@ def _export_onnx(args: argparse.Namespace) -> list:
 def _verify_denoiser(result) -> None:
     from engine.motion.backends import OnnxDenoiser, TorchDenoiser
     from engine.motion.diffusion import load_cached
-    from export.denoiser import MAX_ABS_DIFF, random_inputs
+    from engine.motion.onnx_graph import MAX_ABS_DIFF, random_inputs
 
     model, _ = load_cached(result.info["source"]["weights"])
     onnx, torch_ = OnnxDenoiser(result.path), TorchDenoiser(model)
@@ -135,7 +135,7 @@ def _verify_denoiser(result) -> None:
 def run_export(args: argparse.Namespace) -> None:
     _check(args)
     if args.export == "trt":
-        from export.trt import build_engines, unavailable_reason
+        from engine.motion.tensorrt import build_engines, unavailable_reason
 
         reason = unavailable_reason()
         if reason:

@@ -1,6 +1,6 @@
 """What ``emolive export`` can export: a registry of exporters, looked up by name.
 
-An exporter is a function ``export(request: ExportRequest) -> list[ExportResult]`` that writes
+An exporter is a function ``export(request: ExportRequest) -> list[GraphFile]`` that writes
 its ONNX file(s) and JSON sidecar(s) into ``request.out_dir``, skipping the work when an
 up-to-date file (same content hash) is already there. Adding one is one line in
 :data:`EXPORTERS` (``"name": "package.module:function"``); the module is imported only when
@@ -10,11 +10,12 @@ that exporter runs, so a missing or broken optional exporter never breaks the ot
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_OPSET = 17
+from engine.motion.graph_files import DEFAULT_OPSET, GraphFile
+
 
 # name -> "module:function".
 EXPORTERS: dict[str, str] = {
@@ -31,19 +32,7 @@ class ExportRequest:
     force: bool = False  # rebuild even when an up-to-date file exists
 
 
-@dataclass
-class ExportResult:
-    """One written (or found up to date) model file."""
-
-    name: str
-    path: Path  # the .onnx file
-    sidecar: Path  # its JSON description
-    cached: bool  # True: an up-to-date file was already there
-    seconds: float = 0.0
-    info: dict = field(default_factory=dict)  # what the sidecar says (inputs, outputs, hashes, ...)
-
-
-Exporter = Callable[[ExportRequest], list[ExportResult]]
+Exporter = Callable[[ExportRequest], list[GraphFile]]
 
 
 class ExporterUnavailable(RuntimeError):

@@ -11,14 +11,14 @@ from conftest import run_emolive
 
 
 def test_providers_are_chosen_best_first():
-    from export.runtime import choose_providers
+    from engine.motion.backends import choose_providers
 
     assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
 def test_trt_is_refused_clearly_where_unavailable(tmp_path):
-    from export.trt import unavailable_reason
+    from engine.motion.tensorrt import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("tensorrt and a CUDA GPU are present: `export trt` would build engines")

@@ -42,7 +42,7 @@ def student_model():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from export.denoiser import export_denoiser_for_weights
+    from engine.motion.onnx_graph import export_denoiser_for_weights
 
     return export_denoiser_for_weights(default_weights("student"), tmp_path_factory.mktemp("denoiser"))
 
@@ -83,7 +83,7 @@ def _rows(inputs: DenoiserInputs, index: np.ndarray) -> DenoiserInputs:
 def test_graph_passes_checker_and_documents_its_io(exported, student_model):
     import onnx
 
-    from export.denoiser import INPUT_NAMES, OUTPUT_NAME
+    from engine.motion.onnx_graph import INPUT_NAMES, OUTPUT_NAME
 
     onnx.checker.check_model(str(exported.path), full_check=True)
     model = onnx.shape_inference.infer_shapes(onnx.load(str(exported.path)), check_type=True, strict_mode=True)
@@ -110,7 +110,7 @@ def test_graph_passes_checker_and_documents_its_io(exported, student_model):
 
 
 def test_export_is_cached_by_content_hash(exported, tmp_path):
-    from export.denoiser import export_denoiser_for_weights
+    from engine.motion.onnx_graph import export_denoiser_for_weights
 
     again = export_denoiser_for_weights(default_weights("student"), exported.path.parent)
     assert again.cached and again.path == exported.path
@@ -127,7 +127,7 @@ def test_export_is_cached_by_content_hash(exported, tmp_path):
 
 
 def test_random_inputs_match_torch_at_batch_sizes_1_to_8(onnx_denoiser, student_model):
-    from export.denoiser import random_inputs
+    from engine.motion.onnx_graph import random_inputs
 
     torch_denoiser = TorchDenoiser(student_model)
     for batch in range(1, 9):
@@ -147,7 +147,7 @@ def test_graph_rewrite_is_the_modules_function(config):
     besides the shipped one, with every weight random (adaLN-Zero's zeros would hide the
     modulation, the mean/std buffers are not part of the graph)."""
     from engine.motion.dit import DiTConfig, MotionDiT
-    from export.denoiser import GraphDiT, random_inputs
+    from engine.motion.onnx_graph import GraphDiT, random_inputs
 
     torch.manual_seed(0)
     model = MotionDiT(DiTConfig(**config)).eval()

@@ -5,7 +5,7 @@ velocity of each row; :mod:`engine.motion.diffusion` runs the sampler around it,
 every backend:
 
 * ``torch``: the :class:`~engine.motion.dit.MotionDiT` module itself, in inference mode;
-* ``onnxruntime`` (the default): the exported graph (:mod:`export.denoiser`) in ONNX Runtime
+* ``onnxruntime`` (the default): the exported graph (:mod:`engine.motion.onnx_graph`) in ONNX Runtime
   with the best execution provider this build has (TensorRT, then CUDA, then CPU; one intra-op
   thread on CPU, as sessions already run side by side);
 * ``tensorrt``: the same graph on ONNX Runtime's TensorRT execution provider in fp16; refused
@@ -38,7 +38,7 @@ class BackendUnavailable(RuntimeError):
 
 
 class DenoiserInputs(NamedTuple):
-    """One batch of denoiser inputs, float32, batch first (shapes: :mod:`export.denoiser`)."""
+    """One batch of denoiser inputs, float32, batch first (shapes: :mod:`engine.motion.onnx_graph`)."""
 
     x_t: np.ndarray  # (B, H, C) noisy hop frames, normalised
     t: np.ndarray  # (B,) diffusion time
@@ -112,7 +112,7 @@ def unavailable_reason(backend: str) -> str | None:
         return None
     import onnxruntime as ort
 
-    from export.trt import no_gpu_reason
+    from engine.motion.tensorrt import no_gpu_reason
 
     reasons = []
     if TRT_PROVIDER not in ort.get_available_providers():
@@ -124,6 +124,20 @@ def unavailable_reason(backend: str) -> str | None:
     return "; ".join(reasons) or None
 
 
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime's preferred execution providers among ``available`` (default: this
+    onnxruntime build's), best first: TensorRT, then CUDA, then CPU."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    chosen = [name for name in PREFERRED_PROVIDERS if name in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
 def onnx_cache_dir() -> Path:
     from engine.avatar import default_cache_dir
 
@@ -131,8 +145,6 @@ def onnx_cache_dir() -> Path:
 
 
 def _providers(backend: str) -> list:
-    from export.runtime import choose_providers
-
     chosen = choose_providers()
     if backend == "tensorrt":
         options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
@@ -143,7 +155,7 @@ def _providers(backend: str) -> list:
 
 @functools.lru_cache(maxsize=16)
 def _onnx_denoiser(weights: str, stamp: tuple[int, int], backend: str, cache: str) -> OnnxDenoiser:
-    from export.denoiser import export_denoiser_for_weights
+    from engine.motion.onnx_graph import export_denoiser_for_weights
 
     exported = export_denoiser_for_weights(weights, cache)
     return OnnxDenoiser(exported.path, backend=backend, providers=_providers(backend))

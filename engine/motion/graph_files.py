@@ -1,4 +1,5 @@
-"""Build outputs on disk: content hashes, the up-to-date test, atomic writes, graph checks.
+"""ONNX graphs built from the code, on disk: content hashes, the up-to-date test, atomic
+writes, graph checks.
 
 Every exported model is an ``.onnx`` file beside a JSON sidecar of the same stem. The sidecar
 records a *build key* (a hash of everything the file is made from) and the file's own sha256:
@@ -13,9 +14,25 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class GraphFile:
+    """One written (or found up to date) model file."""
+
+    name: str
+    path: Path  # the .onnx file
+    sidecar: Path  # its JSON description
+    cached: bool  # True: an up-to-date file was already there
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)  # what the sidecar says (inputs, outputs, hashes, ...)
 
 
 def sha256_file(path: Path) -> str:
@@ -27,7 +44,7 @@ def sha256_file(path: Path) -> str:
 
 
 def sources_hash(prefix: str, sources: tuple[str, ...]) -> str:
-    """sha256 of ``prefix`` and the named source files of this repository (paths from its root)."""
+    """sha256 of ``prefix`` and the named source files of the engine (paths from its package)."""
     digest = hashlib.sha256(prefix.encode())
     root = Path(__file__).resolve().parents[1]
     for name in sources:
