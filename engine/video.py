@@ -19,6 +19,7 @@ import numpy as np
 import soxr
 
 from engine.formats import FEATURE_RATE, FPS, VOICE_RATE
+from engine.media import yuv420p_frame
 
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _AUDIO_CHUNK = 1024  # AAC frame size
