@@ -15,7 +15,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 import av
-import cv2
 import httpx
 import numpy as np
 import pytest
@@ -136,7 +135,6 @@ class PcmTrack(AudioStreamTrack):
         self._start: float | None = None
 
     async def recv(self):
-        import av
         import fractions
 
         if self._start is None:
