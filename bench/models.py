@@ -206,7 +206,8 @@ async def _run_sessions(rig, spec: str, backend: str, n: int, batching: bool, se
     from engine.motion.batching import MotionBatcher
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
-    from engine.session import Session, SessionOptions
+    from engine.session import Session
+    from engine.session_types import SessionOptions
 
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-models")
     batcher = MotionBatcher() if batching else None

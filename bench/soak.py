@@ -47,7 +47,8 @@ async def _soak(rig: Rig, minutes: float, turns: list[np.ndarray], seed: int, mo
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
     from engine.render_workers import RenderWorkers
-    from engine.session import Session, SessionOptions
+    from engine.session import Session
+    from engine.session_types import SessionOptions
 
     render_workers = RenderWorkers(render_processes) if render_processes else None
     pids = render_workers.pids if render_workers else []

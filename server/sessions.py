@@ -342,7 +342,7 @@ class SessionRegistry:
                 raise ApiError(503, f"motion model {params.motion!r} is unavailable on this server: {error}") from None
             options = params.engine_options(self.settings.max_pending_seconds)
             engine = self.engine_type(rig, model, options, executor=self.executor, batcher=self.batcher,
-                                         render_workers=self.render_workers)
+                                      render_workers=self.render_workers)
         except KeyError:
             raise not_found(f"avatar {params.avatar_id!r}") from None
         finally:

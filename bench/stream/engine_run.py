@@ -17,7 +17,7 @@ import numpy as np
 from bench.report import loadavg
 from bench.speech import RATE, Feeder, sleep_until
 from bench.stream.measure import WARMUP_S, AudioTracker, RunResult, SessionResult, cpu_seconds
-from engine.render import Rig
+from engine.rig import Rig
 
 
 async def engine_run(rig: Rig, n: int, seconds: float, workers: int, render_processes: int, turns: list[np.ndarray],
@@ -26,7 +26,8 @@ async def engine_run(rig: Rig, n: int, seconds: float, workers: int, render_proc
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
     from engine.render_workers import RenderWorkers
-    from engine.session import Session, SessionOptions, share_cores_between_sessions
+    from engine.session import Session, share_cores_between_sessions
+    from engine.session_types import SessionOptions
 
     share_cores_between_sessions()  # as the server does
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-engine")

@@ -34,7 +34,7 @@ from bench.stream.client import client_main
 from bench.stream.measure import (THUMB_EVERY, WARMUP_S, AudioTracker, RunResult, SessionResult, cpu_seconds, psnr,
                                   thumbnail)
 from engine.session import Session
-from engine.video import video_pts
+from engine.media import video_pts
 
 
 class RecordingSession(Session):
