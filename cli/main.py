@@ -103,33 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     motion.add_argument("--fps", type=float, default=FPS, help=f"rows per second (default: {FPS})")
     _add_motion_options(motion)
 
-    bench = commands.add_parser("bench", help="benchmarks (timings, not tests)")
-    bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="KIND")
-    bench_render = bench_kinds.add_parser(
-        "render", help="ms per frame of each offline stage and the real-time factor",
-        description="Times features, motion, render and encode per video frame on the bundled avatar "
-                    "(median of several runs) and prints the real-time factor.",
-    )
-    bench_render.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
-    bench_render.add_argument("--seconds", type=float, default=8.0, help="audio length per run (default: 8)")
-    bench_render.add_argument("--runs", type=int, default=5, help="runs; the median is reported (default: 5)")
-    bench_render.add_argument("--motion", choices=MOTION_MODELS, default=DEFAULT_MOTION_MODEL,
-                              help=f"motion model (default: {DEFAULT_MOTION_MODEL})")
-    from cli.stream_bench import add_stream_parsers
+    from cli.bench import add_bench_parser
 
-    add_stream_parsers(bench_kinds)
-    from cli.bench_models import add_models_parser
-
-    add_models_parser(bench_kinds)
-    from cli.churn_bench import add_sessions_parser
-
-    add_sessions_parser(bench_kinds)
-    from cli.browser_bench import add_browser_parser
-
-    add_browser_parser(bench_kinds)
-    from cli.avsync import add_avsync_parser
-
-    add_avsync_parser(bench_kinds)
+    add_bench_parser(commands)
 
     from cli.look_sheet import add_look_sheet_parser
 

@@ -77,6 +77,12 @@ class FrameSink(Protocol):
     def put_frame(self, frame: SessionFrame) -> None: ...
 
 
+# A measurement hook (``emolive bench stream``, ``bench avsync``): called with the track's kind
+# ("video" or "audio"), the pts of the frame or packet it hands aiortc's RTP sender and the
+# CLOCK_MONOTONIC time it does.
+SentObserver = Callable[[str, int, float], None]
+
+
 class LiveSession:
     def __init__(self, session_id: str, token: str, params: SessionParams, engine: Session,
                  metrics: Metrics, settings: Settings) -> None:
@@ -102,6 +108,8 @@ class LiveSession:
         self.fps_measured = False  # fps covers a full second
         self.last_index = -1
         self.peer: Any = None  # the server's RTCPeerConnection, if any (server.webrtc)
+        # Told of every frame and packet the WebRTC tracks send; empty (and free) unless measured.
+        self.sent_observers: list[SentObserver] = []
         self.failure = ""  # set by fail(): one of metrics.FAILURE_REASONS
         self.failed = ""  # set by fail(): what happened, in words (the close reason)
 
@@ -286,6 +294,8 @@ class SessionRegistry:
         self.metrics = metrics
         self.executor = executor
         self.render_workers: RenderWorkers | None = None  # set by the app while it runs
+        # The engine session class; a benchmark sets a subclass that records what it is pushed.
+        self.engine_type: type[Session] = Session
         # One batcher for every session: those running diffusion models step together.
         self.batcher = (MotionBatcher(BatchingConfig(window_s=settings.motion_batch_window_ms / 1000.0))
                         if settings.motion_batching else None)
@@ -331,8 +341,8 @@ class SessionRegistry:
                 log.exception("motion model %r cannot be loaded", params.motion)
                 raise ApiError(503, f"motion model {params.motion!r} is unavailable on this server: {error}") from None
             options = params.engine_options(self.settings.max_pending_seconds)
-            engine = Session(rig, model, options, executor=self.executor, batcher=self.batcher,
-                             render_workers=self.render_workers)
+            engine = self.engine_type(rig, model, options, executor=self.executor, batcher=self.batcher,
+                                      render_workers=self.render_workers)
         except KeyError:
             raise not_found(f"avatar {params.avatar_id!r}") from None
         finally:

@@ -166,11 +166,13 @@ class SessionVideoTrack(MediaStreamTrack):
         frame = await self._queue.get()
         pts = video_pts(frame.index)
         if self.codec == VP8:
+            _notify_sent(self._live, self.kind, pts)
             return _av_packet(frame.packet, pts, VIDEO_TIME_BASE)
         # Conversion runs off the event loop, which carries every session's packets.
         image = await asyncio.get_running_loop().run_in_executor(None, yuv420p_frame, frame.image)
         image.pts = pts
         image.time_base = VIDEO_TIME_BASE
+        _notify_sent(self._live, self.kind, pts)
         return image
 
 
@@ -208,10 +210,21 @@ class SessionAudioTrack(MediaStreamTrack):
         while True:
             pts, chunk = await self._queue.get()
             if self.codec != OPUS:
+                _notify_sent(self._live, self.kind, pts)
                 return _audio_frame(chunk, pts)
             # Encoded here, on the loop: 0.3 ms, less than a hop to a worker thread and back.
             for packet in self._encoder.encode(chunk, pts):
+                _notify_sent(self._live, self.kind, packet.pts)
                 return _av_packet(packet.data, packet.pts, VOICE_TIME_BASE)
+
+
+def _notify_sent(live: LiveSession, kind: str, pts: int) -> None:
+    """Tell the session's sent observers (measurement only) that ``kind``'s track hands the
+    RTP sender the frame or packet with ``pts``."""
+    if live.sent_observers:
+        now = time.monotonic()
+        for observer in live.sent_observers:
+            observer(kind, pts, now)
 
 
 def _audio_frame(chunk: np.ndarray, pts: int) -> av.AudioFrame:

@@ -421,7 +421,7 @@ def test_the_video_track_never_sends_a_vp8_packet_whose_reference_was_dropped():
     asked: list[str] = []
     dropped: list[int] = []
     live = SimpleNamespace(engine=SimpleNamespace(request_keyframe=lambda: asked.append("keyframe")),
-                           count_dropped=lambda stage, n=1: dropped.append(n))
+                           count_dropped=lambda stage, n=1: dropped.append(n), sent_observers=[])
     track = SessionVideoTrack(live, depth=2)  # type: ignore[arg-type]
     track.codec = VP8
 

@@ -22,7 +22,6 @@ firing for a page that is not in front.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
@@ -35,9 +34,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from cli.bench_server import ServerProcess, log_errors, write_figures
-from cli.stream_bench import RATE, _console, _fmt, speech_turns
+from bench.report import console as make_console
+from bench.report import fmt, write_figures
+from bench.server_process import ServerProcess, log_errors
+from bench.speech import RATE, speech_turns
+from engine.errors import BadInputError
 
 CHROMIUM = Path("/usr/bin/chromium")
 MIN_FPS = 24.0
@@ -238,31 +242,29 @@ def _recovery_s(decoded: list[tuple[float, int]]) -> float:
     return resumed_at
 
 
-def _report(console, sessions: list[BrowserSession], kill: KillResult | None, args) -> list[str]:
-    from rich.table import Table
-
-    table = Table(title=f"emolive bench browser — {len(sessions)} Chromium sessions, {args.seconds:g} s each, "
-                        f"loop {args.loop}")
+def _report(console: Console, sessions: list[BrowserSession], kill: KillResult | None, config: BrowserConfig) -> list[str]:
+    table = Table(title=f"emolive bench browser — {len(sessions)} Chromium sessions, {config.seconds:g} s each, "
+                        f"loop {config.loop}")
     for column in ("session", "fps", "streamed s", "freezes", "max gap ms", "first frame ms", "chrome freezes",
                    "decoded", "page status", "server errors"):
         table.add_column(column, justify="right")
     for s in sessions:
-        table.add_row(str(s.index), _fmt(s.fps), _fmt(s.streamed_s), str(s.freezes), _fmt(s.max_gap_ms, 0),
-                      _fmt(s.first_frame_ms, 0), str(s.chrome_freezes), str(s.frames_decoded),
+        table.add_row(str(s.index), fmt(s.fps), fmt(s.streamed_s), str(s.freezes), fmt(s.max_gap_ms, 0),
+                      fmt(s.first_frame_ms, 0), str(s.chrome_freezes), str(s.frames_decoded),
                       s.error or s.status, str(len(s.server_errors)),
-                      style=None if s.passed(args.seconds) else "red")
+                      style=None if s.passed(config.seconds) else "red")
     console.print(table)
     for s in sessions:
         for line in s.server_errors[:2]:
             console.print(f"  session {s.index} server log: {line[:300]}", style="yellow", highlight=False)
     failures = []
-    bad = [s for s in sessions if not s.passed(args.seconds)]
+    bad = [s for s in sessions if not s.passed(config.seconds)]
     fps = [s.fps for s in sessions if not math.isnan(s.fps)]
     froze = sum(1 for s in sessions if s.freezes or s.error)
     logged = sum(1 for s in sessions if s.server_errors)
-    summary = (f"{len(sessions) - len(bad)}/{len(sessions)} sessions >= {MIN_FPS:.0f} fps for {args.seconds:g} s with "
-               f"no freeze; {froze} froze or failed; fps min {_fmt(min(fps, default=math.nan))} / median "
-               f"{_fmt(statistics.median(fps) if fps else math.nan)}; the server logged errors during {logged}")
+    summary = (f"{len(sessions) - len(bad)}/{len(sessions)} sessions >= {MIN_FPS:.0f} fps for {config.seconds:g} s with "
+               f"no freeze; {froze} froze or failed; fps min {fmt(min(fps, default=math.nan))} / median "
+               f"{fmt(statistics.median(fps) if fps else math.nan)}; the server logged errors during {logged}")
     if bad:
         failures.append(summary)
     if kill is not None:
@@ -271,7 +273,7 @@ def _report(console, sessions: list[BrowserSession], kill: KillResult | None, ar
         for column in ("session", "frames again after s", "decoded during the watch", "page status"):
             table.add_column(column, justify="right")
         for i, (recovery, decoded, status) in enumerate(zip(kill.recovery_s, kill.decoded, kill.statuses), start=1):
-            table.add_row(str(i), _fmt(recovery, 2) if not math.isnan(recovery) else f"not within {KILL_WATCH_S:.0f} s",
+            table.add_row(str(i), fmt(recovery, 2) if not math.isnan(recovery) else f"not within {KILL_WATCH_S:.0f} s",
                           str(decoded), status, style="red" if math.isnan(recovery) else None)
         console.print(table)
         for line in kill.server_errors[:4]:
@@ -289,77 +291,64 @@ def _report(console, sessions: list[BrowserSession], kill: KillResult | None, ar
     return failures
 
 
-def bench_browser(args: argparse.Namespace) -> None:
-    from engine.errors import BadInputError
+@dataclass(frozen=True)
+class BrowserConfig:
+    """``emolive bench browser``'s options (``emolive bench browser --help`` explains each)."""
 
-    if not 1 <= args.sessions <= 1000:
-        raise BadInputError(f"--sessions must be between 1 and 1000, got {args.sessions}")
-    if not 2 <= args.seconds <= 600:
-        raise BadInputError(f"--seconds must be between 2 and 600, got {args.seconds}")
-    if not args.chromium.exists():
-        raise BadInputError(f"{args.chromium}: no Chromium there (Debian: apt install chromium)")
+    sessions: int
+    seconds: float
+    loop: str
+    kill_render_worker: bool
+    chromium: Path
+    json: Path | None
+    quiet: bool
+
+
+def run_browser(config: BrowserConfig) -> None:
+    """Run the sessions (and the kill), print the report; exits 1 when the verdict fails."""
+    if not 1 <= config.sessions <= 1000:
+        raise BadInputError(f"--sessions must be between 1 and 1000, got {config.sessions}")
+    if not 2 <= config.seconds <= 600:
+        raise BadInputError(f"--seconds must be between 2 and 600, got {config.seconds}")
+    if not config.chromium.exists():
+        raise BadInputError(f"{config.chromium}: no Chromium there (Debian: apt install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         raise BadInputError("playwright is not installed (pip install playwright; its bundled browsers are not "
                             "needed)") from None
-    console = _console()
-    longest = max(args.seconds, KILL_WATCH_S + 5 if args.kill_render_worker else 0)
+    console = make_console()
+    longest = max(config.seconds, KILL_WATCH_S + 5 if config.kill_render_worker else 0)
     wav_b64, source = _speech_wav(longest + 4.0)
     sessions: list[BrowserSession] = []
     kill = None
     with tempfile.TemporaryDirectory(prefix="emolive-browser-") as tmp:
-        server = ServerProcess(Path(tmp) / "data", Path(tmp) / "server.log", loop=args.loop)
-        console.print(f"browser: {args.sessions} sessions one after another, {args.seconds:g} s each; speech: {source}; "
+        server = ServerProcess(Path(tmp) / "data", Path(tmp) / "server.log", loop=config.loop)
+        console.print(f"browser: {config.sessions} sessions one after another, {config.seconds:g} s each; speech: {source}; "
                       f"server: {' '.join(server.command[1:])}", style="dim", highlight=False)
         with server, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(args.chromium), headless=True, args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=str(config.chromium), headless=True, args=CHROMIUM_ARGS)
             try:
-                for i in range(1, args.sessions + 1):
-                    s = _one_session(browser, server, wav_b64, args.seconds, i)
+                for i in range(1, config.sessions + 1):
+                    s = _one_session(browser, server, wav_b64, config.seconds, i)
                     sessions.append(s)
-                    if not args.quiet:
-                        console.print(f"  session {i}: {_fmt(s.fps)} fps, {s.freezes} freezes, max gap "
-                                      f"{_fmt(s.max_gap_ms, 0)} ms{', ' + s.error if s.error else ''}",
+                    if not config.quiet:
+                        console.print(f"  session {i}: {fmt(s.fps)} fps, {s.freezes} freezes, max gap "
+                                      f"{fmt(s.max_gap_ms, 0)} ms{', ' + s.error if s.error else ''}",
                                       style="dim", highlight=False)
                     if not server.alive():
                         console.print("the server process died", style="bold red")
                         break
-                if args.kill_render_worker and server.alive():
+                if config.kill_render_worker and server.alive():
                     kill = _kill_render_worker(browser, server, wav_b64)
             finally:
                 browser.close()
-    failures = _report(console, sessions, kill, args)
-    if args.json:
-        out = {"sessions_requested": args.sessions, "seconds": args.seconds, "loop": args.loop,
-               "sessions": [asdict(s) | {"passed": s.passed(args.seconds)} for s in sessions],
+    failures = _report(console, sessions, kill, config)
+    if config.json:
+        out = {"sessions_requested": config.sessions, "seconds": config.seconds, "loop": config.loop,
+               "sessions": [asdict(s) | {"passed": s.passed(config.seconds)} for s in sessions],
                "kill_render_worker": asdict(kill) if kill else None, "failures": failures}
-        write_figures(args.json, out)
-        console.print(f"wrote {args.json}", style="dim")
+        write_figures(config.json, out)
+        console.print(f"wrote {config.json}", style="dim")
     if failures:
         raise SystemExit(1)
-
-
-def add_browser_parser(bench_kinds) -> None:
-    parser = bench_kinds.add_parser(
-        "browser", help="consecutive real-Chromium WebRTC sessions against `emolive serve`: fps and freezes",
-        description="Starts `emolive serve` (a subprocess, default settings) and runs --sessions sessions one "
-                    "after another in headless Chromium (Debian's /usr/bin/chromium through playwright), each "
-                    "the demo page in TTS mode playing speech over the WebSocket for --seconds. The page measures "
-                    "with requestVideoFrameCallback the presented frame rate and freezes (> 200 ms between "
-                    "frames). Verdict: every session >= 24 fps for --seconds, no freeze. --kill-render-worker "
-                    "then SIGKILLs a render worker under 2 live sessions and reports when each shows frames "
-                    "again. Exits 1 when it fails.",
-    )
-    parser.add_argument("--sessions", type=int, default=20, metavar="N", help="sessions, one after another (default: 20)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured streaming time per session (default: 10)")
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                        help="the server's event loop, passed to `emolive serve --loop` (default: auto, which is "
-                             "uvloop when installed)")
-    parser.add_argument("--kill-render-worker", action="store_true",
-                        help="after the sessions, SIGKILL one render worker during 2 live sessions and time "
-                             "until both deliver frames again")
-    parser.add_argument("--chromium", type=Path, default=CHROMIUM, metavar="PATH",
-                        help=f"Chromium executable (default: {CHROMIUM})")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the per-session figures here")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -33,7 +33,6 @@ jitter buffer takes seconds to shrink after a loaded start.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.motion.registry import MOTION_MODELS
+from bench.report import loadavg
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -238,22 +237,29 @@ class SourceSink:
             self.frames.append((frame.index, float(255 - (crop @ np.array([0.299, 0.587, 0.114], np.float32)).mean())))
 
 
-async def _watch_audio_origin(live: Any, sink: "SourceSink") -> None:
-    """Learn the audio sender's RTP timestamp origin (aiortc picks it at random): wraps the
-    audio track's ``recv`` so that, when the sender asks for the next packet, the previous
-    one's pts and the RTP timestamp it was sent with are both known."""
+class AudioOrigin:
+    """Learns the audio sender's RTP timestamp origin (aiortc picks it at random and has no
+    public way to tell it) from the live session's ``sent_observers``: when the track hands the
+    sender a packet, the sender has sent the one before, so that packet's pts and the RTP
+    timestamp aiortc last sent (its private ``__rtp_timestamp``, read here) are both known."""
+
+    def __init__(self, sender: Any, sink: SourceSink) -> None:
+        self._sender = sender
+        self._sink = sink
+        self._last_pts: int | None = None
+
+    def on_sent(self, kind: str, pts: int, at: float) -> None:
+        if kind != "audio":
+            return
+        if self._last_pts is not None and self._sink.rtp_origin is None:
+            self._sink.rtp_origin = (self._sender._RTCRtpSender__rtp_timestamp - self._last_pts) % 2**32
+        self._last_pts = pts
+
+
+async def _watch_audio_origin(live: Any, sink: SourceSink) -> None:
+    """Have ``sink`` learn the audio sender's RTP timestamp origin (see :class:`AudioOrigin`)."""
     sender = next(s for s in live.peer.getSenders() if s.track is not None and s.track.kind == "audio")
-    track, recv = sender.track, sender.track.recv
-    last: list[int] = []
-
-    async def watched() -> Any:
-        if last and sink.rtp_origin is None:
-            sink.rtp_origin = (sender._RTCRtpSender__rtp_timestamp - last[0]) % 2**32
-        packet = await recv()
-        last[:] = [int(packet.pts)]
-        return packet
-
-    track.recv = watched
+    live.sent_observers.append(AudioOrigin(sender, sink).on_sent)
 
 
 @dataclass
@@ -402,48 +408,42 @@ def _playout_diff(stats: dict) -> float:
         return math.nan
 
 
-# ------------------------------------------------------------------------------- the command
+# ------------------------------------------------------------------------------------ the run
 
 
-def add_avsync_parser(kinds: Any) -> None:
-    parser = kinds.add_parser(
-        "avsync", help="A/V offset a real Chromium shows (demo page, TTS over the WebSocket, WebRTC back)",
-        description="Runs a server on 127.0.0.1 and Debian's Chromium (headless, playwright) on the demo page: "
-                    "voice bursts pushed over the session WebSocket, face and voice back over WebRTC. Prints the "
-                    "offset between the mouth the viewer sees and the voice they hear (median and spread over "
-                    "the runs; > 0: the mouth lags the voice), after subtracting the motion model's own lag "
-                    "measured on the frames the server sends.")
-    parser.add_argument("--runs", type=int, default=3, help="sessions, one after another (default: 3)")
-    parser.add_argument("--seconds", type=float, default=20.0, help=f"length of each session's voice; the first {SETTLE_S:.0f} s are left out (default: 20, least: "
-                             f"{SETTLE_S + 6:.0f})")
-    parser.add_argument("--motion", choices=MOTION_MODELS, default="baseline",
-                        help="the server's motion model (default: baseline, deterministic and always installed)")
-    parser.add_argument("--workers", type=int, default=2, help="the server's compute threads (default: 2)")
-    parser.add_argument("--render-processes", type=int, default=0,
-                        help="the server's render worker processes (default: 0, renders in threads)")
-    parser.add_argument("--headed", action="store_true", help="show the browser window (needs a display)")
+@dataclass(frozen=True)
+class AvSyncConfig:
+    """``emolive bench avsync``'s options (``emolive bench avsync --help`` explains each)."""
+
+    runs: int
+    seconds: float
+    motion: str
+    workers: int
+    render_processes: int
+    headed: bool
 
 
-def run_avsync_bench(args: argparse.Namespace) -> None:
+def run_avsync(config: AvSyncConfig) -> None:
+    """Measure ``config.runs`` sessions and print each offset and their median."""
     import tempfile
 
     from server.config import Settings
     from server.testing import BackgroundServer
 
-    if args.seconds < SETTLE_S + 6:
+    if config.seconds < SETTLE_S + 6:
         raise SystemExit(f"--seconds must be at least {SETTLE_S + 6:.0f}: the first {SETTLE_S:.0f} s are left out")
     if not CHROMIUM.exists():
         raise SystemExit(f"{CHROMIUM} is not installed (Debian package chromium)")
     results = []
     with tempfile.TemporaryDirectory() as data_dir:
-        settings = Settings(data_dir=Path(data_dir), ice_loopback=True, motion=args.motion, workers=args.workers,
-                            render_processes=args.render_processes, max_sessions=2, detach_grace_s=0.5)
+        settings = Settings(data_dir=Path(data_dir), ice_loopback=True, motion=config.motion, workers=config.workers,
+                            render_processes=config.render_processes, max_sessions=2, detach_grace_s=0.5)
         with BackgroundServer(settings) as server:
-            for run in range(args.runs):
-                r = measure_avsync(server, args.seconds, seed=run, headless=not args.headed)
+            for run in range(config.runs):
+                r = measure_avsync(server, config.seconds, seed=run, headless=not config.headed)
                 results.append(r)
                 d = r.details
-                print(f"run {run + 1}/{args.runs}: offset {r.offset_ms:+.0f} ms (halves {r.halves_ms[0]:+.0f} / "
+                print(f"run {run + 1}/{config.runs}: offset {r.offset_ms:+.0f} ms (halves {r.halves_ms[0]:+.0f} / "
                       f"{r.halves_ms[1]:+.0f}; r={r.correlation:.2f}; model's own lag {r.source_lag_ms:+.0f} ms); "
                       f"through WebAudio {r.webaudio_offset_ms:+.0f} ms; {r.frames} frames shown; jitter buffers "
                       f"audio {d['audio_jitter_buffer_ms']:.0f} / video {d['video_jitter_buffer_ms']:.0f} ms; audio "
@@ -455,5 +455,5 @@ def run_avsync_bench(args: argparse.Namespace) -> None:
         spread += f", stdev {statistics.stdev(offsets):.0f} ms"
     webaudio = statistics.median(r.webaudio_offset_ms for r in results)
     print(f"A/V offset in Chromium: median {statistics.median(offsets):+.0f} ms over {len(offsets)} runs of "
-          f"{args.seconds:.0f} s ({spread}; > 0: the mouth lags the voice); the voice tapped through WebAudio "
-          f"instead: median {webaudio:+.0f} ms; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+          f"{config.seconds:.0f} s ({spread}; > 0: the mouth lags the voice); the voice tapped through WebAudio "
+          f"instead: median {webaudio:+.0f} ms; load average {loadavg()}")

@@ -19,7 +19,6 @@ without batching. A benchmark, never a test: timings depend on the machine and i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import os
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import BadInputError
+from engine.motion.backends import BACKENDS
 
 HOLD_FPS = 24.0
 WARMUP_S = 1.5
@@ -38,40 +38,22 @@ WARMUP_S = 1.5
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def add_models_parser(bench_kinds) -> argparse.ArgumentParser:
-    from engine.motion.backends import BACKENDS
+@dataclass(frozen=True)
+class ModelsConfig:
+    """``emolive bench models``' options (``emolive bench models --help`` explains each)."""
 
-    parser = bench_kinds.add_parser(
-        "models", help="motion denoiser ms per call per backend and batch size; 25 fps sessions with batching on/off",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--motion", default="student", metavar="MODEL",
-                        help="diffusion model to measure: student (default), student:STEPS, teacher, teacher:STEPS")
-    parser.add_argument("--backends", default=",".join(BACKENDS), metavar="LIST",
-                        help=f"comma-separated backends to time (default: {','.join(BACKENDS)}); one that cannot "
-                             "run here is reported as unavailable, with the reason")
-    parser.add_argument("--batches", default="1,4,8,16", metavar="LIST",
-                        help="comma-separated batch sizes to time (default: 1,4,8,16)")
-    parser.add_argument("--rounds", type=int, default=25, metavar="N",
-                        help="rounds of timing; every backend and batch size is timed once per round (default: 25)")
-    parser.add_argument("--calls", type=int, default=20, metavar="N",
-                        help="denoiser calls per backend, batch size and round; the median of all is reported "
-                             "(default: 20)")
-    parser.add_argument("--session-backend", default="onnxruntime", choices=BACKENDS,
-                        help="backend the live sessions run on (default: onnxruntime)")
-    parser.add_argument("--seconds", type=float, default=5.0, metavar="S",
-                        help=f"measurement window per session count, after {WARMUP_S:g} s of warm-up (default: 5)")
-    parser.add_argument("--max-sessions", type=int, default=64, metavar="N",
-                        help="largest session count tried (default: 64)")
-    parser.add_argument("--workers", type=int, default=2, metavar="N",
-                        help="compute threads shared by the sessions, as `emolive serve --workers` (default: 2)")
-    parser.add_argument("--video", action="store_true",
-                        help="sessions also render video frames (default: motion only)")
-    parser.add_argument("--size", type=int, default=512, metavar="N",
-                        help="frame size when rendering with --video (default: 512)")
-    parser.add_argument("--skip-sessions", action="store_true",
-                        help="time the denoiser only; no live sessions")
-    return parser
+    motion: str
+    backends: str  # comma-separated, as given on the command line
+    batches: str
+    rounds: int
+    calls: int
+    session_backend: str
+    seconds: float
+    max_sessions: int
+    workers: int
+    video: bool
+    size: int
+    skip_sessions: bool
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -88,35 +70,34 @@ def _load() -> str:
     return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def _check(args: argparse.Namespace) -> tuple[str, list[str], list[int]]:
-    from engine.motion.backends import BACKENDS
+def _check(config: ModelsConfig) -> tuple[str, list[str], list[int]]:
     from engine.motion.registry import DIFFUSION_MODELS, parse_spec
 
     try:
-        name, _ = parse_spec(args.motion)
+        name, _ = parse_spec(config.motion)
     except ValueError as error:
         raise BadInputError(f"--motion: {error}") from None
     if name not in DIFFUSION_MODELS:
         raise BadInputError(f"--motion: {name} has no denoiser to measure; choose student or teacher")
-    backends = [part.strip() for part in args.backends.split(",") if part.strip()]
+    backends = [part.strip() for part in config.backends.split(",") if part.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise BadInputError(f"--backends: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}")
-    for option, value, low in (("--rounds", args.rounds, 1), ("--calls", args.calls, 1), ("--max-sessions", args.max_sessions, 1),
-                               ("--workers", args.workers, 1)):
+    for option, value, low in (("--rounds", config.rounds, 1), ("--calls", config.calls, 1), ("--max-sessions", config.max_sessions, 1),
+                               ("--workers", config.workers, 1)):
         if value < low:
             raise BadInputError(f"{option} must be at least {low}, got {value}")
-    if not args.seconds > 0:
-        raise BadInputError(f"--seconds must be positive, got {args.seconds}")
-    if not 64 <= args.size <= 2048:
-        raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
-    if not args.skip_sessions:
+    if not config.seconds > 0:
+        raise BadInputError(f"--seconds must be positive, got {config.seconds}")
+    if not 64 <= config.size <= 2048:
+        raise BadInputError(f"--size must be between 64 and 2048, got {config.size}")
+    if not config.skip_sessions:
         from engine.motion.backends import unavailable_reason
 
-        reason = unavailable_reason(args.session_backend)
+        reason = unavailable_reason(config.session_backend)
         if reason:
-            raise BadInputError(f"--session-backend {args.session_backend} is unavailable: {reason}")
-    return args.motion, backends, _int_list(args.batches, "--batches")
+            raise BadInputError(f"--session-backend {config.session_backend} is unavailable: {reason}")
+    return config.motion, backends, _int_list(config.batches, "--batches")
 
 
 # ------------------------------------------------------------------------- denoiser calls
@@ -225,7 +206,8 @@ async def _run_sessions(rig, spec: str, backend: str, n: int, batching: bool, se
     from engine.motion.batching import MotionBatcher
     from engine.motion.registry import create_motion_model
     from engine.motion_space import MotionControls
-    from engine.session import Session, SessionOptions
+    from engine.session import Session
+    from engine.session_types import SessionOptions
 
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-models")
     batcher = MotionBatcher() if batching else None
@@ -292,21 +274,22 @@ def sustained(run: Callable[[int], SessionsRun], limit: int, log: Callable[[Sess
     return good, runs
 
 
-# ------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------- the run
 
 
-def run_bench_models(args: argparse.Namespace) -> None:
+def run_models(config: ModelsConfig) -> None:
+    """Print the denoiser timings, then (unless skipped) the sessions held with batching off and on."""
     from rich.console import Console
     from rich.table import Table
 
-    spec, backends, batches = _check(args)
+    spec, backends, batches = _check(config)
     console = Console()
-    console.print(f"timing the {spec} denoiser: {args.rounds} rounds x {args.calls} calls per backend and batch "
+    console.print(f"timing the {spec} denoiser: {config.rounds} rounds x {config.calls} calls per backend and batch "
                   f"size ({_load()})", style="dim")
-    medians, unavailable = time_denoisers(spec, backends, batches, args.rounds, args.calls)
+    medians, unavailable = time_denoisers(spec, backends, batches, config.rounds, config.calls)
     load = _load()
     first = batches[0]
-    console.print(f"{spec} denoiser: ms per call (one sampler step), 1 thread, median of {args.rounds * args.calls} "
+    console.print(f"{spec} denoiser: ms per call (one sampler step), 1 thread, median of {config.rounds * config.calls} "
                   f"calls, (× the batch {first} call); {load}", style="bold")
     table = Table()
     table.add_column("backend")
@@ -328,41 +311,41 @@ def run_bench_models(args: argparse.Namespace) -> None:
         for batch in batches:
             ratio = medians["onnxruntime", batch] / medians["torch", batch]
             console.print(f"onnxruntime / torch at batch {batch}: {ratio:.2f}×")
-    if args.skip_sessions:
+    if config.skip_sessions:
         return
-    _bench_sessions(args, spec, console)
+    _bench_sessions(config, spec, console)
 
 
-def _bench_sessions(args: argparse.Namespace, spec: str, console) -> None:
+def _bench_sessions(config: ModelsConfig, spec: str, console) -> None:
     from rich.table import Table
 
     from engine.audio import load_audio
     from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
 
-    _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=args.size))
+    _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=config.size))
     clip = load_audio(DEFAULT_AUDIO)
-    speech = np.tile(clip, int(np.ceil(16000 * (WARMUP_S + args.seconds + 5) / len(clip))))
-    what = f"motion + {args.size}² video" if args.video else "motion only"
+    speech = np.tile(clip, int(np.ceil(16000 * (WARMUP_S + config.seconds + 5) / len(clip))))
+    what = f"motion + {config.size}² video" if config.video else "motion only"
     results = {}
     for batching in (False, True):
         label = "on" if batching else "off"
 
         def run(n: int, batching: bool = batching) -> SessionsRun:
-            return asyncio.run(_run_sessions(rig, spec, args.session_backend, n, batching, args.seconds,
-                                             args.workers, args.video, speech))
+            return asyncio.run(_run_sessions(rig, spec, config.session_backend, n, batching, config.seconds,
+                                             config.workers, config.video, speech))
 
         def log(result: SessionsRun, label: str = label) -> None:
             extra = f", {result.batches} batches of {result.mean_batch:.1f} on average" if result.batches else ""
             console.print(f"batching {label}: {result.sessions} sessions -> min {result.min_fps:.1f} fps, median "
                           f"{result.median_fps:.1f}{extra} ({_load()})", style="dim")
 
-        results[label] = sustained(run, args.max_sessions, log)
-    console.print(f"sessions holding >= {HOLD_FPS:g} fps: {spec} on {args.session_backend}, {what}, "
-                  f"{args.workers} workers, {args.seconds:g} s windows; {_load()}", style="bold")
+        results[label] = sustained(run, config.max_sessions, log)
+    console.print(f"sessions holding >= {HOLD_FPS:g} fps: {spec} on {config.session_backend}, {what}, "
+                  f"{config.workers} workers, {config.seconds:g} s windows; {_load()}", style="bold")
     table = Table()
     table.add_column("motion batching")
     table.add_column("sessions", justify="right")
     for label in ("off", "on"):
         count = results[label][0]
-        table.add_row(label, f"{count}" + (" (the --max-sessions limit)" if count == args.max_sessions else ""))
+        table.add_row(label, f"{count}" + (" (the --max-sessions limit)" if count == config.max_sessions else ""))
     console.print(table)

@@ -5,7 +5,6 @@ benches measure the server a stranger runs: its own uvicorn, event loop and rend
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -190,17 +189,3 @@ def open_fds(pid: int) -> int:
     except OSError:
         return -1
 
-
-def write_figures(path: Path, figures: object) -> None:
-    """A bench's figures as JSON, NaN (a figure not measured) written as null."""
-
-    def clean(value: object) -> object:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(item) for item in value]
-        return value
-
-    path.write_text(json.dumps(clean(figures), indent=1, default=str))
