@@ -1,4 +1,4 @@
-"""The session WebSocket: PCM16 audio and control JSON in; events, motion rows, JPEG out.
+"""The session WebSocket: PCM16 audio and control JSON in; events, motion rows, JPEG, voice out.
 
 The wire protocol is specified in ``server/PROTOCOL.md``. Malformed input never ends the
 session: it is answered with ``{"type": "error", "message": ...}`` and ignored.
@@ -19,18 +19,22 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from engine.motion_space import CHANNELS, FPS
+from engine.session import OUTPUT_RATE
 from server.errors import ApiError
 from server.sessions import LiveSession, SessionRegistry
 
 log = logging.getLogger("emolive.server")
 
-STREAMS = ("events", "motion", "jpeg")
+STREAMS = ("events", "motion", "jpeg", "audio")
 DEFAULT_RATE = 16_000
 MIN_RATE, MAX_RATE = 8_000, 192_000
 MAX_AUDIO_MESSAGE_BYTES = 10 * MAX_RATE * 2  # 10 s at the highest rate
 # Frames a slow client may lag behind before the oldest are dropped.
 MOTION_BACKLOG = 25
 JPEG_BACKLOG = 2
+# The voice is never dropped with a frame's JPEG (a gap would be heard); a client more than
+# this many frames behind loses the oldest.
+AUDIO_BACKLOG = 10 * FPS
 # Messages a client may send: this many a second on average, in bursts of up to BURST. A TTS
 # source pushing 20 ms chunks 10x faster than real time sends 500 a second.
 MESSAGE_RATE = 1000.0
@@ -101,6 +105,7 @@ class SessionSocket:
         self.jpeg_quality = 80
         self.control: collections.deque[dict] = collections.deque()
         self.frames: collections.deque = collections.deque(maxlen=MOTION_BACKLOG)
+        self.voice: collections.deque = collections.deque(maxlen=AUDIO_BACKLOG)  # (index, t, speaking, PCM16)
         self.wake = asyncio.Event()
         self.closing = False
         self.budget = MessageBudget()
@@ -127,6 +132,10 @@ class SessionSocket:
         self.send_json({"type": "error", "message": message})
 
     def put_frame(self, frame: Any) -> None:  # FrameSink, called by the session's pump
+        if "audio" in self.want:
+            self.voice.append((int(frame.index), round(float(frame.timestamp), 4), bool(frame.speaking),
+                               np.asarray(frame.audio, dtype="<i2").tobytes()))
+            self.wake.set()
         if not ({"motion", "jpeg"} & self.want):
             return
         if len(self.frames) == self.frames.maxlen:
@@ -152,12 +161,14 @@ class SessionSocket:
             self.wake.clear()
             if self.stalled:
                 raise Flooding(f"client is not reading: {MAX_QUEUED_MESSAGES} messages wait for it")
-            while self.control or self.frames:
+            while self.control or self.frames or self.voice:
                 while self.control:
                     await self.ws.send_text(json.dumps(self.control.popleft()))
                 if not self.frames:
-                    break
+                    await self.send_voice(None)
+                    continue
                 frame = self.frames.popleft()
+                await self.send_voice(int(frame.index) - 1)  # of frames whose pictures were dropped
                 t = round(float(frame.timestamp), 4)
                 if "motion" in self.want:
                     values = {name: round(float(v), 5) for name, v in zip(CHANNELS, np.asarray(frame.motion).tolist())}
@@ -173,6 +184,16 @@ class SessionSocket:
                         await self.ws.send_text(json.dumps({"type": "frame", "index": int(frame.index), "t": t,
                                                             "format": "jpeg", "bytes": len(payload)}))
                         await self.ws.send_bytes(payload)
+                await self.send_voice(int(frame.index))
+
+    async def send_voice(self, last: int | None) -> None:
+        """Send the queued voice of frames up to index ``last`` (None: all of it), each as an
+        ``audio`` header and its PCM16: after the frame's picture, so a client pairs them."""
+        while self.voice and (last is None or self.voice[0][0] <= last):
+            index, t, speaking, payload = self.voice.popleft()
+            await self.ws.send_text(json.dumps({"type": "audio", "index": index, "t": t, "speaking": speaking,
+                                                "sample_rate": OUTPUT_RATE, "bytes": len(payload)}))
+            await self.ws.send_bytes(payload)
 
     # -- incoming ------------------------------------------------------------------------
 
