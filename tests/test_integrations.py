@@ -1,0 +1,338 @@
+"""The voice-agent integrations with the real engine: the face over a remote server's WebSocket
+(the voice comes back in sync with the pictures), LiveKit's ``AvatarRunner`` driving
+``EmoliveVideoGenerator``, and ``EmoliveVideoService`` in a real Pipecat pipeline.
+
+The LiveKit and Pipecat tests need the extras (``pip install 'emolive[livekit]'`` /
+``'emolive[pipecat]'``) and are skipped without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import pytest
+import soxr
+
+from integrations.face import FaceFrame, LocalFace, PlaybackEvent, RemoteFace
+from server.config import Settings
+from server.testing import BackgroundServer
+from training.tts import synthesize
+
+SIZE = 256  # the contract under test does not depend on the picture size; 256² renders 4x faster
+
+needs_livekit = pytest.mark.skipif(importlib.util.find_spec("livekit.agents") is None,
+                                   reason="LiveKit Agents is not installed: pip install 'emolive[livekit]'")
+needs_pipecat = pytest.mark.skipif(importlib.util.find_spec("pipecat") is None,
+                                   reason="Pipecat is not installed: pip install 'emolive[pipecat]'")
+
+SENTENCES = (
+    "Bob, my papa bought a big map of Panama. Palm trees bob above the bay. "
+    "Mom and Pam baked apple pie, and I am happy. Maybe a bumpy bus ride calms my mind. "
+    "We will open the window before the meeting."
+)
+
+
+def tts_pcm(seconds: float | None = None, text: str = SENTENCES, rate: int = 24000) -> np.ndarray:
+    """Flite speech as int16 at ``rate``, cut to ``seconds`` if given."""
+    speech = synthesize(text, "flite:slt", rate=rate)
+    pcm = np.clip(np.round(speech.audio * 32767.0), -32768, 32767).astype(np.int16)
+    if seconds is not None:
+        assert len(pcm) >= seconds * rate, "the test text is too short"
+        pcm = pcm[: round(seconds * rate)]
+    return pcm
+
+
+def voice_offset_ms(sent: np.ndarray, rate: int, heard: np.ndarray) -> tuple[float, float]:
+    """Where ``sent`` starts inside ``heard`` (48 kHz), in ms, and the normalised correlation there."""
+    reference = soxr.resample(sent.astype(np.float32), rate, 48000)
+    heard = heard.astype(np.float32)
+    corr = np.correlate(heard, reference[: len(reference) // 2], mode="valid")
+    lag = int(np.argmax(corr))
+    a, b = heard[lag: lag + len(reference)], reference[: len(heard) - lag]
+    n = min(len(a), len(b))
+    return lag / 48.0, float(np.dot(a[:n], b[:n]) / (np.linalg.norm(a[:n]) * np.linalg.norm(b[:n]) + 1e-9))
+
+
+# -- the face over a remote server ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("integrations") / "data", motion="baseline")
+    with BackgroundServer(settings) as running:
+        yield running
+
+
+def test_remote_face_returns_pictures_and_the_voice_in_sync(server):
+    """The WebSocket's ``audio`` stream: every frame's 40 ms of voice, paired with its picture,
+    the voice being what was pushed (delayed, not altered), and turn events after their frame."""
+
+    async def run() -> tuple[list[FaceFrame], list[PlaybackEvent], np.ndarray]:
+        face = RemoteFace(server.url, size=SIZE, motion="baseline")
+        await face.start()
+        frames, events = [], []
+        pcm = tts_pcm(3.0)
+
+        async def consume() -> None:
+            async for item in face.stream():
+                (frames if isinstance(item, FaceFrame) else events).append(item)
+                if isinstance(item, PlaybackEvent) and item.type == "playback_finished":
+                    return
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        for start in range(0, len(pcm), 480):
+            face.push_audio(pcm[start: start + 480], 24000)
+        face.end_of_turn()
+        await asyncio.wait_for(consumer, 15)
+        await face.close()
+        return frames, events, pcm
+
+    frames, events, pcm = asyncio.run(run())
+    indices = [f.index for f in frames]
+    assert indices == list(range(indices[0], indices[0] + len(indices))), "a frame's voice went missing"
+    assert all(len(f.audio) == 1920 for f in frames)
+    assert sum(f.image is not None for f in frames) >= 0.9 * len(frames)
+    assert frames[-1].image.shape == (SIZE, SIZE, 3)
+    spoken = [f for f in frames if f.speaking]
+    assert abs(len(spoken) - 75) <= 2, f"{len(spoken)} speaking frames for 3 s of voice"
+    started, finished = events
+    assert (started.type, finished.type, finished.interrupted) == ("playback_started", "playback_finished", False)
+    assert spoken[0].index == started.frame_index
+    assert finished.position_ms == pytest.approx(3000, abs=1)
+    heard = np.concatenate([f.audio for f in frames])
+    offset_ms, correlation = voice_offset_ms(pcm, 24000, heard)
+    assert correlation > 0.98, "the voice came back altered"
+    # The voice starts inside the first speaking frame.
+    first = (spoken[0].index - frames[0].index) * 40
+    assert first <= offset_ms < first + 40
+
+
+# -- LiveKit ----------------------------------------------------------------------------------
+
+
+class RunnerHarness:
+    """LiveKit's own ``AvatarRunner`` + ``QueueAudioOutput`` around the generator, with the
+    room left out: the tracks are not published (there is no LiveKit server here), but every
+    frame goes through the runner's ``AVSynchronizer`` into real ``rtc`` sources, and the
+    playback events are the ones the runner reports to the agent."""
+
+    def __init__(self, face) -> None:
+        from livekit import rtc
+        from livekit.agents.voice.avatar import AvatarRunner, QueueAudioOutput
+
+        from integrations.livekit import EmoliveVideoGenerator, avatar_options
+
+        self.generator = EmoliveVideoGenerator(face)
+        self.audio_out = QueueAudioOutput(sample_rate=24000)
+        self.runner = AvatarRunner(rtc.Room(), audio_recv=self.audio_out, video_gen=self.generator,
+                                   options=avatar_options(SIZE))
+        self.pushed: list[tuple[float, object]] = []  # (perf_counter, frame) as the runner pushed it
+        self.finished: list[tuple[float, object]] = []
+        self.audio_out.on("playback_finished", lambda ev: self.finished.append((time.perf_counter(), ev)))
+
+        async def publish() -> None:  # no room to publish to: mark the tracks published
+            self.runner._video_publication = self.runner._audio_publication = object()
+
+        push = self.runner.av_sync.push
+
+        async def record(frame, timestamp=None) -> None:
+            self.pushed.append((time.perf_counter(), frame))
+            await push(frame, timestamp)
+
+        self.runner._publish_track = publish
+        self.runner.av_sync.push = record
+
+    async def __aenter__(self) -> "RunnerHarness":
+        await self.generator.start()
+        await self.runner.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.runner.aclose()
+        await self.generator.aclose()
+
+    async def say(self, pcm: np.ndarray, rate: int = 24000, end: bool = True) -> None:
+        """What an agent's TTS does: 20 ms frames into the audio output, as fast as it makes them."""
+        from livekit import rtc
+
+        step = rate // 50
+        for start in range(0, len(pcm), step):
+            chunk = pcm[start: start + step]
+            await self.audio_out.capture_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, len(chunk)))
+        if end:
+            self.audio_out.flush()
+
+    def video(self, since: float = 0.0) -> list[tuple[float, object]]:
+        from livekit import rtc
+
+        return [(t, f) for t, f in self.pushed if isinstance(f, rtc.VideoFrame) and t >= since]
+
+    def audio(self, since: float = 0.0) -> list[tuple[float, object]]:
+        from livekit import rtc
+
+        return [(t, f) for t, f in self.pushed if isinstance(f, rtc.AudioFrame) and t >= since]
+
+
+def run_harness(body: Callable[[RunnerHarness], Awaitable[None]]) -> RunnerHarness:
+    async def main() -> RunnerHarness:
+        async with RunnerHarness(LocalFace(size=SIZE, motion="baseline")) as harness:
+            await body(harness)
+        return harness
+
+    return asyncio.run(main())
+
+
+def mouth(frame) -> np.ndarray:
+    """The lower-middle of the picture (mouth and chin) as float, from an RGB24 VideoFrame."""
+    image = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, frame.width, 3)
+    return image[int(0.55 * SIZE): int(0.8 * SIZE), int(0.3 * SIZE): int(0.7 * SIZE)].astype(np.float32)
+
+
+@needs_livekit
+def test_livekit_generator_speaks_ten_seconds_in_250_frames():
+    pcm = tts_pcm(10.0)
+
+    async def body(h: RunnerHarness) -> None:
+        await asyncio.sleep(0.6)  # idle first
+        await h.say(pcm)
+        for _ in range(200):
+            if h.finished:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.6)  # idle after
+
+    h = run_harness(body)
+    audio = h.audio()
+    assert abs(len(audio) - 250) <= 2, f"{len(audio)} voice frames for 10 s of TTS"
+    first, last = audio[0][0], audio[-1][0]
+    video_while_speaking = [t for t, _ in h.video() if first <= t <= last]
+    assert abs(len(video_while_speaking) - 250) <= 2, f"{len(video_while_speaking)} video frames while speaking"
+    assert all(f.sample_rate == 48000 and f.num_channels == 1 for _, f in audio)
+    heard = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for _, f in audio])
+    _, correlation = voice_offset_ms(pcm, 24000, heard)
+    assert correlation > 0.98, "the voice the runner got is not the TTS audio"
+    # Idle frames before and after the voice, at the face's 25 fps.
+    before = [t for t, _ in h.video() if t < first]
+    after = [t for t, _ in h.video() if t > last]
+    assert len(before) >= 12 and len(after) >= 12
+    (_, event), = h.finished
+    assert not event.interrupted
+    assert event.playback_position == pytest.approx(10.0, abs=0.05)
+    span = h.video()[-1][0] - h.video()[0][0]
+    assert (len(h.video()) - 1) / span == pytest.approx(25, rel=0.08)
+
+
+@needs_livekit
+def test_livekit_clear_buffer_mid_turn_reports_the_position_and_rests():
+    pcm = tts_pcm(8.0)
+    marks: dict[str, float] = {}
+
+    async def body(h: RunnerHarness) -> None:
+        await asyncio.sleep(0.4)
+        await h.say(pcm, end=False)  # the agent is still speaking when the user barges in
+        while len(h.audio()) < 75:  # 3 s of voice out
+            await asyncio.sleep(0.01)
+        marks["clear"] = time.perf_counter()
+        h.audio_out.clear_buffer()
+        await asyncio.sleep(2.0)  # silence: the face keeps coming, at rest
+
+    h = run_harness(body)
+    (_, event), = h.finished
+    assert event.interrupted
+    voiced = len(h.audio(0.0)) * 0.04
+    assert event.playback_position == pytest.approx(voiced, abs=0.05)
+    assert 3.0 <= event.playback_position <= 3.3
+    late_voice = h.audio(marks["clear"] + 0.2)
+    assert not late_voice, f"{len(late_voice)} voice frames more than 200 ms after clear_buffer"
+    after = h.video(marks["clear"])
+    assert (len(after) - 1) / (after[-1][0] - after[0][0]) == pytest.approx(25, rel=0.08), "idle frames stopped"
+    # Back to rest: the mouth settles (the last second changes far less than speech did).
+    rest = [mouth(f) for t, f in after if t > marks["clear"] + 1.0]
+    speech = [mouth(f) for _, f in h.video() if _ < marks["clear"]][-25:]
+    moving = np.mean([np.abs(a - b).mean() for a, b in zip(speech, speech[1:])])
+    resting = np.mean([np.abs(a - b).mean() for a, b in zip(rest, rest[1:])])
+    assert resting < 0.35 * moving, f"mouth still moving at rest: {resting:.2f} vs {moving:.2f} while speaking"
+
+
+# -- Pipecat -----------------------------------------------------------------------------------
+
+
+@needs_pipecat
+def test_pipecat_pipeline_faces_the_voice_and_stops_on_interruption():
+    from pipecat.frames.frames import (
+        EndFrame,
+        InterruptionFrame,
+        OutputAudioRawFrame,
+        OutputImageRawFrame,
+        TTSAudioRawFrame,
+        TTSSpeakFrame,
+        TTSStoppedFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+    from pipecat.workers.runner import WorkerRunner
+
+    from integrations.pipecat import EmoliveVideoService, FliteTTSService
+
+    class Sink(FrameProcessor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[float, object]] = []
+
+        async def process_frame(self, frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            self.seen.append((time.perf_counter(), frame))
+            await self.push_frame(frame, direction)
+
+    reply = "Hello, I am the emolive face. I say what the bot says, and my lips move with my voice."
+    marks: dict[str, float] = {}
+
+    async def main() -> Sink:
+        sink = Sink()
+        pipeline = Pipeline([FliteTTSService(), EmoliveVideoService(size=SIZE), sink])
+        task = PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=48000))
+
+        async def script() -> None:
+            await asyncio.sleep(0.8)
+            await task.queue_frame(TTSSpeakFrame("Short reply."))
+            await asyncio.sleep(2.6)
+            marks["reply"] = time.perf_counter()
+            await task.queue_frame(TTSSpeakFrame(reply))
+            await asyncio.sleep(2.5)
+            marks["interrupt"] = time.perf_counter()
+            await task.queue_frame(InterruptionFrame())
+            await asyncio.sleep(1.0)
+            await task.queue_frame(EndFrame())
+
+        scripted = asyncio.create_task(script())
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(task)
+        await runner.run()
+        await scripted
+        return sink
+
+    sink = asyncio.run(main())
+    images = [(t, f) for t, f in sink.seen if isinstance(f, OutputImageRawFrame)]
+    voice = [(t, f) for t, f in sink.seen if isinstance(f, OutputAudioRawFrame)]
+    span = images[-1][0] - images[0][0]
+    assert (len(images) - 1) / span == pytest.approx(25, rel=0.08)
+    assert images[0][1].size == (SIZE, SIZE) and images[0][1].format == "RGB"
+    assert len(voice) == len(images), "every picture comes with its 40 ms of voice"
+    assert all(f.sample_rate == 48000 and len(f.audio) == 3840 for _, f in voice)
+    # The first reply plays out whole, then its TTSStoppedFrame passes (not before its voice).
+    first_turn = [t for t, f in voice if isinstance(f, TTSAudioRawFrame) and t < marks["reply"]]
+    stops = [t for t, f in sink.seen if isinstance(f, TTSStoppedFrame)]
+    assert len(first_turn) >= 15 and stops and first_turn[-1] <= stops[0] < marks["reply"]
+    # The interrupted reply: voice stops within 200 ms, and its TTSStoppedFrame never comes.
+    spoken = [t for t, f in voice if isinstance(f, TTSAudioRawFrame) and t > marks["reply"]]
+    assert spoken and spoken[0] < marks["interrupt"]
+    assert max(spoken) - marks["interrupt"] < 0.2, "the face kept speaking after the interruption"
+    assert len(stops) == 1
+    silent = [f for t, f in voice if t > marks["interrupt"] + 0.2]
+    assert silent and not any(np.frombuffer(f.audio, dtype=np.int16).any() for f in silent)
