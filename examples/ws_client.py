@@ -43,10 +43,17 @@ async def stream(server: str, wav: str, output: str) -> None:
         await ws.send(json.dumps({"type": "start", "sample_rate": rate, "want": ["events", "motion"]}))
 
         async def send_audio() -> None:
-            for start in range(0, len(pcm), chunk):
+            # A live source sends in real time: chunk k goes at start + k * 20 ms on the loop's
+            # clock. Sleeping 20 ms after each send would add the send and wake-up time every
+            # time (9.1 s of audio took 9.6 s).
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for k, start in enumerate(range(0, len(pcm), chunk)):
+                await asyncio.sleep(max(0.0, started + k * CHUNK_SECONDS - loop.time()))
                 await ws.send(pcm[start : start + chunk].astype("<i2").tobytes())
-                await asyncio.sleep(CHUNK_SECONDS)  # a live source sends in real time
             await ws.send(json.dumps({"type": "end_of_turn"}))
+            sent = loop.time() - started
+            print(f"sent {len(pcm) / rate:.2f} s of audio in {sent:.2f} s")
 
         sender = asyncio.create_task(send_audio())
         async for message in ws:

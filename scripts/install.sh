@@ -30,5 +30,7 @@ fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first and pinned exactly: the local CPU wheel; any looser spec pulls CUDA builds.
 "${pip[@]}" install torch==2.13.0
-"${pip[@]}" install -e ".[dev]"
+# protobuf 4.25.x, what mediapipe 0.10.21 declares; pyproject allows up to 6 for the pipecat /
+# livekit extras, which need >=5 (face mesh runs the same on them).
+"${pip[@]}" install -e ".[dev]" "protobuf>=4.25,<5"
 "${pip[@]}" install --no-deps -r requirements/no-deps.txt

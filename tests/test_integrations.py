@@ -24,9 +24,17 @@ from training.tts import synthesize
 
 SIZE = 256  # the contract under test does not depend on the picture size; 256² renders 4x faster
 
-needs_livekit = pytest.mark.skipif(importlib.util.find_spec("livekit.agents") is None,
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+needs_livekit = pytest.mark.skipif(not installed("livekit.agents"),
                                    reason="LiveKit Agents is not installed: pip install 'emolive[livekit]'")
-needs_pipecat = pytest.mark.skipif(importlib.util.find_spec("pipecat") is None,
+needs_pipecat = pytest.mark.skipif(not installed("pipecat"),
                                    reason="Pipecat is not installed: pip install 'emolive[pipecat]'")
 
 SENTENCES = (
