@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import soxr
 
 from integrations.face import FaceFrame, LocalFace, PlaybackEvent, RemoteFace
@@ -344,3 +351,92 @@ def test_pipecat_pipeline_faces_the_voice_and_stops_on_interruption():
     assert len(stops) == 1
     silent = [f for t, f in voice if t > marks["interrupt"] + 0.2]
     assert silent and not any(np.frombuffer(f.audio, dtype=np.int16).any() for f in silent)
+
+
+# -- the Pipecat example bot in Chromium ----------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+BOT = Path(__file__).parents[1] / "examples" / "pipecat_bot.py"
+USER_SPEAKS_AT_S = 6.0  # into the microphone file: mid-greeting
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@needs_pipecat
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_pipecat_bot_in_chromium(tmp_path):
+    """The example bot end to end: Chromium talks to it over SmallWebRTC with a microphone
+    file in which the user barges in mid-greeting; the page gets the face at 25 fps, the mouth
+    moves with the voice, and the voice and face stop when the user speaks."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import chromium_args
+
+    user = synthesize("Wait, wait. Stop please, I have a question.", "flite:slt", rate=48000).audio
+    mic = np.concatenate([np.zeros(int(USER_SPEAKS_AT_S * 48000), np.float32), user,
+                          np.zeros(12 * 48000, np.float32)])
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, mic, 48000, subtype="PCM_16")
+    port = free_port()
+    bot = subprocess.Popen([sys.executable, str(BOT), "--port", str(port), "--size", str(SIZE)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                assert bot.poll() is None and time.monotonic() < deadline, "the bot did not start"
+                time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(wav))
+            page = browser.new_page()
+            page.goto(url)
+            page.click("#talk")
+            page.wait_for_function("window.emolive.connected", timeout=30000)
+            page.wait_for_timeout(int((USER_SPEAKS_AT_S + 9) * 1000))
+            stats = page.evaluate("window.emolive")
+            browser.close()
+        timeline = json.load(urllib.request.urlopen(f"{url}/api/timeline", timeout=5))
+    finally:
+        bot.terminate()
+        output, _ = bot.communicate(timeout=20)
+    frames, voice = stats["frames"], stats["voice"]
+    assert frames, f"no video at the page; bot output:\n{output[-3000:]}"
+    # 25 fps at the page, from the first frame on.
+    presented = frames[-1]["presented"] - frames[0]["presented"]
+    fps = presented / ((frames[-1]["t"] - frames[0]["t"]) / 1000)
+    assert fps >= 24, f"{fps:.1f} fps at the page"
+    interruptions = [e["t"] * 1000 for e in timeline if e["event"] == "interruption"]
+    replies = [e["t"] * 1000 for e in timeline if e["event"] == "speak"]
+    assert interruptions and len(replies) >= 2, timeline
+    cut = interruptions[0]
+    voiced = [v["t"] for v in voice if v["rms"] > 0.02]
+    greeting = [t for t in voiced if t < cut]
+    assert greeting, "the greeting was not heard"
+    # The voice stops within 200 ms of the interruption (up to the next reply).
+    late = [t for t in voiced if cut + 200 < t < replies[1]]
+    last_voice = max([t for t in voiced if cut <= t < replies[1]], default=cut)
+    assert not late, f"the voice went on {last_voice - cut:.0f} ms after the interruption"
+    # The mouth moves with the voice, and rests when it stops.
+    def motion(start: float, end: float) -> float:
+        values = [f["motion"] for f in frames if start <= f["t"] < end]
+        return float(np.mean(values)) if values else float("nan")
+
+    speaking = motion(greeting[0] + 500, cut)
+    resting = motion(cut + 600, replies[1])
+    assert resting < 0.4 * speaking, f"mouth motion {resting:.2f} after the interruption vs {speaking:.2f} speaking"
+    reply_voice = [t for t in voiced if t > replies[1]]
+    assert reply_voice, "the reply was not heard"
+    assert motion(reply_voice[0] + 200, reply_voice[-1]) > 2 * resting, "the mouth did not move with the reply"
+    onset = next((m["t"] for m in stats["mic"] if m["rms"] > 0.02), float("nan"))
+    print(f"page: {fps:.1f} fps; voice stopped {last_voice - cut:.0f} ms after the interruption, "
+          f"{last_voice - onset:.0f} ms after the user started speaking (VAD included); mouth motion "
+          f"{speaking:.2f} speaking, {resting:.2f} at rest")
