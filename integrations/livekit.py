@@ -41,6 +41,7 @@ try:
         AvatarSession,
         DataStreamAudioOutput,
         DataStreamAudioReceiver,
+        QueueAudioOutput,
         VideoGenerator,
     )
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
@@ -48,7 +49,8 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
 
 from integrations.face import FPS, OUTPUT_RATE, Face, FaceFrame
 
-__all__ = ["AVATAR_AGENT_NAME", "EmoliveAvatarSession", "EmoliveVideoGenerator", "avatar_options", "avatar_server"]
+__all__ = ["AVATAR_AGENT_NAME", "EmoliveAvatarSession", "EmoliveVideoGenerator", "avatar_options", "avatar_server",
+           "start_local_avatar"]
 
 log = logging.getLogger("emolive.integrations.livekit")
 
@@ -116,6 +118,19 @@ class EmoliveVideoGenerator(VideoGenerator):
             size = self.face.size
             self._black = rtc.VideoFrame(size, size, rtc.VideoBufferType.RGB24, bytes(size * size * 3))
         return self._black
+
+
+async def start_local_avatar(agent_session: Any, room: rtc.Room, face: Face) -> AvatarRunner:
+    """Local mode (as bithuman's): the face runs in the agent's own process and publishes in
+    its room. Call after ``ctx.connect()`` and before ``agent_session.start(...)``; close the
+    returned runner (and its generator's face) at shutdown."""
+    generator = EmoliveVideoGenerator(face)
+    await generator.start()
+    audio = QueueAudioOutput(sample_rate=OUTPUT_RATE)
+    agent_session.output.audio = audio
+    runner = AvatarRunner(room, audio_recv=audio, video_gen=generator, options=avatar_options(face.size))
+    await runner.start()
+    return runner
 
 
 # -- worker form -------------------------------------------------------------------------

@@ -278,7 +278,10 @@ def test_livekit_clear_buffer_mid_turn_reports_the_position_and_rests():
 
 
 @needs_pipecat
-def test_pipecat_pipeline_faces_the_voice_and_stops_on_interruption():
+@pytest.mark.parametrize("mode", ["local", "remote"])
+def test_pipecat_pipeline_faces_the_voice_and_stops_on_interruption(mode, request):
+    """Scripted text -> local TTS -> EmoliveVideoService (engine in-process, or a remote
+    server over its WebSocket API) -> a sink: pictures at 25 fps, each with its voice."""
     from pipecat.frames.frames import (
         EndFrame,
         InterruptionFrame,
@@ -307,10 +310,11 @@ def test_pipecat_pipeline_faces_the_voice_and_stops_on_interruption():
 
     reply = "Hello, I am the emolive face. I say what the bot says, and my lips move with my voice."
     marks: dict[str, float] = {}
+    face_server = request.getfixturevalue("server").url if mode == "remote" else None
 
     async def main() -> Sink:
         sink = Sink()
-        pipeline = Pipeline([FliteTTSService(), EmoliveVideoService(size=SIZE), sink])
+        pipeline = Pipeline([FliteTTSService(), EmoliveVideoService(server=face_server, size=SIZE), sink])
         task = PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=48000))
 
         async def script() -> None:
