@@ -127,6 +127,39 @@ def test_remote_face_returns_pictures_and_the_voice_in_sync(server):
     assert first <= offset_ms < first + 40
 
 
+def test_websocket_voice_comes_with_every_frame(server):
+    """``want: ["jpeg", "audio"]`` at the protocol level: every frame's voice, in order, flagged
+    ``speaking`` for exactly the turn's frames, each right after its picture."""
+    from websockets.asyncio.client import connect
+
+    async def run() -> list[dict]:
+        session = json.loads(urllib.request.urlopen(urllib.request.Request(
+            f"{server.url}/v1/sessions", data=json.dumps({"mode": "tts", "size": SIZE}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST"), timeout=30).read())
+        url = f"{server.ws_url}/v1/sessions/{session['session_id']}/ws?token={session['token']}"
+        async with connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 24000, "want": ["jpeg", "audio"]}))
+            await ws.send(tts_pcm(2.0).tobytes())
+            await ws.send(json.dumps({"type": "end_of_turn"}))
+            headers = []
+            while len([h for h in headers if h["type"] == "audio"]) < 100:
+                message = await asyncio.wait_for(ws.recv(), 10)
+                if isinstance(message, str):
+                    headers.append(json.loads(message))
+                else:
+                    assert len(message) == headers[-1]["bytes"]
+            return headers
+
+    headers = asyncio.run(run())
+    audio = [h for h in headers if h["type"] == "audio"]
+    assert [h["index"] for h in audio] == list(range(audio[0]["index"], audio[0]["index"] + len(audio)))
+    assert all(h["sample_rate"] == 48000 and h["bytes"] == 3840 for h in audio)
+    assert sum(h["speaking"] for h in audio) in (50, 51)  # 2 s of voice, starting inside a frame
+    for at, header in enumerate(headers[:-1]):
+        if header["type"] == "frame":
+            assert headers[at + 1] == next(h for h in audio if h["index"] == header["index"])
+
+
 # -- LiveKit ----------------------------------------------------------------------------------
 
 
