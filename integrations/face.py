@@ -162,9 +162,9 @@ class RemoteFace:
     """A session on a remote ``emolive serve``, over its WebSocket API: PCM16 in; events, JPEG
     pictures and the delayed voice (``want: ["events", "jpeg", "audio"]``) out.
 
-    Needs no engine import beyond constants, so it also runs where torch or mediapipe are not
-    installed. Audio pushed between two sends goes out as one message (the server limits
-    messages a second, not bytes).
+    Loads no model (neither torch nor mediapipe is imported): a process with this face only
+    moves audio and pictures. Audio pushed between two sends goes out as one message (the
+    server limits messages a second, not bytes).
     """
 
     def __init__(self, server: str, *, avatar_id: str = "default", size: int = 512, motion: str | None = None,

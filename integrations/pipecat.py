@@ -46,7 +46,7 @@ try:
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
     raise ImportError(f"integrations.pipecat needs Pipecat: pip install 'emolive[pipecat]' ({error})") from error
 
-from integrations.face import OUTPUT_RATE, Face, FaceFrame, LocalFace, PlaybackEvent, RemoteFace
+from integrations.face import OUTPUT_RATE, Face, FaceFrame, LocalFace, RemoteFace
 
 __all__ = ["EmoliveVideoService", "FliteTTSService"]
 
