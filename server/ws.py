@@ -248,6 +248,8 @@ class SessionSocket:
             return
         self.sample_rate, self.want, self.jpeg_quality = rate, set(want), quality
         self.frames = collections.deque(self.frames, maxlen=JPEG_BACKLOG if "jpeg" in self.want else MOTION_BACKLOG)
+        if "audio" not in self.want:
+            self.voice.clear()
         self.send_json({"type": "started", "session_id": self.live.id, "sample_rate": rate, "want": sorted(self.want),
                         "fps": FPS, "channels": list(CHANNELS), "mode": self.live.params.mode})
 
