@@ -40,9 +40,9 @@ def installed(module: str) -> bool:
 
 
 needs_livekit = pytest.mark.skipif(not installed("livekit.agents"),
-                                   reason="LiveKit Agents is not installed: pip install 'emolive[livekit]'")
+                                   reason="LiveKit Agents is not installed: scripts/install_integrations.sh (.venv-integrations)")
 needs_pipecat = pytest.mark.skipif(not installed("pipecat"),
-                                   reason="Pipecat is not installed: pip install 'emolive[pipecat]'")
+                                   reason="Pipecat is not installed: scripts/install_integrations.sh (.venv-integrations)")
 
 SENTENCES = (
     "Bob, my papa bought a big map of Panama. Palm trees bob above the bay. "
