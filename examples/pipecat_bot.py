@@ -32,6 +32,8 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer  # noqa: E402
 from pipecat.frames.frames import (  # noqa: E402
     Frame,
     InterruptionFrame,
+    OutputAudioRawFrame,
+    TTSAudioRawFrame,
     TTSSpeakFrame,
     UserStoppedSpeakingFrame,
 )
@@ -51,6 +53,9 @@ from pipecat.turns.user_turn_processor import UserTurnProcessor  # noqa: E402
 from pipecat.turns.user_turn_strategies import UserTurnStrategies  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
+from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar  # noqa: E402
+from engine.render_workers import RenderWorkers  # noqa: E402
+from integrations.face import LocalFace, RemoteFace  # noqa: E402
 from integrations.pipecat import EmoliveVideoService, FliteTTSService  # noqa: E402
 
 PAGE = Path(__file__).with_name("pipecat_bot.html")
@@ -81,34 +86,64 @@ class ScriptedBot(FrameProcessor):
             await self.push_frame(TTSSpeakFrame(REPLY))
 
 
+class FaceTap(FrameProcessor):
+    """Notes for ``/api/timeline`` when the face's voice goes silent (its first silent frame
+    after a voiced one): what the face itself takes to stop, before the transport's share."""
+
+    def __init__(self, timeline: list[dict]) -> None:
+        super().__init__()
+        self._timeline = timeline
+        self._speaking = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, OutputAudioRawFrame):
+            speaking = isinstance(frame, TTSAudioRawFrame)
+            if self._speaking and not speaking:
+                self._timeline.append({"event": "face_silent", "t": time.time()})
+            self._speaking = speaking
+        await self.push_frame(frame, direction)
+
+
 def create_app(face_server: str | None, size: int) -> FastAPI:
     handler = SmallWebRTCRequestHandler()
     timeline: list[dict] = []
     runners: list[WorkerRunner] = []  # made on the server's loop, which the runner needs
+    # With the engine in this process: the avatar and the render processes, made once at
+    # startup and shared by every call, so a call's face starts at once.
+    shared: dict = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if face_server is None:
+            _, shared["rig"] = await asyncio.to_thread(prepare_avatar, DEFAULT_PORTRAIT, RenderOptions(size=size))
+            shared["workers"] = await asyncio.to_thread(RenderWorkers, 1)
         runners.append(WorkerRunner(handle_sigint=False))
         task = asyncio.create_task(runners[0].run(auto_end=False))
         yield
         await handler.close()
         await runners[0].cancel()
         task.cancel()
+        if "workers" in shared:
+            await asyncio.to_thread(shared["workers"].close)
 
     app = FastAPI(title="emolive Pipecat bot", lifespan=lifespan)
 
     async def start_bot(connection: SmallWebRTCConnection) -> None:
         transport = SmallWebRTCTransport(webrtc_connection=connection, params=TransportParams(
-            audio_in_enabled=True, audio_out_enabled=True, audio_out_sample_rate=48000,
+            # 20 ms output chunks (Pipecat's default is 40): less voice queued when interrupted.
+            audio_in_enabled=True, audio_out_enabled=True, audio_out_sample_rate=48000, audio_out_10ms_chunks=2,
             video_out_enabled=True, video_out_is_live=True, video_out_width=size, video_out_height=size,
             video_out_framerate=25))
+        face = (RemoteFace(face_server, size=size) if face_server
+                else LocalFace(rig=shared["rig"], size=size, render_workers=shared["workers"]))
         turns = UserTurnProcessor(user_turn_strategies=UserTurnStrategies(
             start=[VADUserTurnStartStrategy()],
             # No STT here, so no transcript to wait for: the turn ends 0.6 s after speech does.
             stop=[SpeechTimeoutUserTurnStopStrategy(wait_for_transcript=False)]))
         pipeline = Pipeline([
             transport.input(), VADProcessor(vad_analyzer=SileroVADAnalyzer()), turns, ScriptedBot(timeline),
-            FliteTTSService(), EmoliveVideoService(server=face_server, size=size), transport.output(),
+            FliteTTSService(), EmoliveVideoService(face=face), FaceTap(timeline), transport.output(),
         ])
         worker = PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=48000))
 

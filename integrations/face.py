@@ -19,13 +19,16 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
 from engine.motion_space import FPS
 from engine.session import OUTPUT_RATE, SAMPLES_PER_FRAME_OUT
+
+if TYPE_CHECKING:
+    from engine.render_workers import RenderWorkers
 
 log = logging.getLogger("emolive.integrations")
 
@@ -96,14 +99,28 @@ class _Ordered:
 
 
 class LocalFace:
-    """The engine in this process: one :class:`engine.session.Session`, realtime."""
+    """The engine in this process: one :class:`engine.session.Session`, realtime.
+
+    ``render_workers`` says where the frames are rendered: a number of worker processes the
+    face starts for itself (plus a spare, see :class:`engine.render_workers.RenderWorkers`), a
+    pool shared with other faces (a bot server starts one at startup, so a call does not wait
+    for processes; the face does not close it), or 0: a thread of this process. Worker
+    processes keep renders off the agent's interpreter, which also paces its transport's audio:
+    a render waiting there for the interpreter lock delays voice packets, and the listener's
+    jitter buffer grows. Spawning them needs ``if __name__ == "__main__"`` in the main script.
+    ``rig`` is a prepared avatar (``engine.offline.prepare_avatar``), to skip preparing it.
+    """
 
     def __init__(self, portrait: str | Path | None = None, *, size: int = 512, motion: str = "baseline",
-                 rig: Any = None) -> None:
+                 rig: Any = None, render_workers: RenderWorkers | int = 1) -> None:
+        if isinstance(render_workers, int) and render_workers < 0:
+            raise ValueError(f"render_workers must be a pool or 0 or more processes, got {render_workers}")
         self.size = size
         self._portrait = portrait
         self._motion = motion
         self._rig = rig
+        self._render_workers = render_workers
+        self._own_workers: RenderWorkers | None = None  # started here, closed with the face
         self._session: Any = None
         self._ordered = _Ordered()
         self._tasks: list[asyncio.Task] = []
@@ -116,13 +133,20 @@ class LocalFace:
     async def start(self) -> None:
         from engine.motion.registry import create_motion_model
         from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+        from engine.render_workers import RenderWorkers
         from engine.session import Session, SessionOptions
 
         if self._rig is None:
             portrait = self._portrait or DEFAULT_PORTRAIT
             _, self._rig = await asyncio.to_thread(prepare_avatar, portrait, RenderOptions(size=self.size))
         model = await asyncio.to_thread(create_motion_model, self._motion)
-        self._session = Session(self._rig, model, SessionOptions(realtime=True))
+        workers = self._render_workers
+        if isinstance(workers, int):
+            if workers:
+                self._own_workers = workers = await asyncio.to_thread(RenderWorkers, workers)
+            else:
+                workers = None
+        self._session = Session(self._rig, model, SessionOptions(realtime=True), render_workers=workers)
         self._tasks = [asyncio.create_task(self._frames()), asyncio.create_task(self._events())]
 
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> None:
@@ -143,6 +167,9 @@ class LocalFace:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._own_workers is not None:
+            await asyncio.to_thread(self._own_workers.close)
+            self._own_workers = None
         self._ordered.put(None)
 
     async def _frames(self) -> None:
