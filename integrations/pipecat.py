@@ -55,7 +55,8 @@ class EmoliveVideoService(AIService):
     """The emolive face as a Pipecat video service (place it right after the TTS service).
 
     ``server`` set: a session on that ``emolive serve`` (its WebSocket API); otherwise the
-    engine runs in this process (``portrait``, ``size``, ``motion``). ``face`` overrides both.
+    engine runs in this process (``portrait``, ``size``, ``motion``; it renders in a worker
+    process it spawns, see :class:`~integrations.face.LocalFace`). ``face`` overrides both.
     """
 
     def __init__(self, *, server: str | None = None, portrait: str | Path | None = None, size: int = 512,
