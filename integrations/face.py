@@ -25,14 +25,14 @@ import cv2
 import numpy as np
 
 from engine.motion_space import FPS
-from engine.session import OUTPUT_RATE, SAMPLES_PER_FRAME_OUT
+from engine.formats import VOICE_RATE, VOICE_SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:
     from engine.render_workers import RenderWorkers
 
 log = logging.getLogger("emolive.integrations")
 
-__all__ = ["FPS", "OUTPUT_RATE", "SAMPLES_PER_FRAME_OUT", "Face", "FaceFrame", "LocalFace", "PlaybackEvent",
+__all__ = ["FPS", "VOICE_RATE", "VOICE_SAMPLES_PER_FRAME", "Face", "FaceFrame", "LocalFace", "PlaybackEvent",
            "RemoteFace"]
 
 
@@ -42,7 +42,7 @@ class FaceFrame:
 
     index: int
     image: np.ndarray | None  # RGB uint8 (size, size, 3); None when this frame's picture was dropped
-    audio: np.ndarray  # (SAMPLES_PER_FRAME_OUT,) int16 at OUTPUT_RATE, silence when idle
+    audio: np.ndarray  # (VOICE_SAMPLES_PER_FRAME,) int16 at VOICE_RATE, silence when idle
     speaking: bool  # the frame carries turn voice
 
 
@@ -134,7 +134,8 @@ class LocalFace:
         from engine.motion.registry import create_motion_model
         from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
         from engine.render_workers import RenderWorkers
-        from engine.session import Session, SessionOptions
+        from engine.session import Session
+        from engine.session_types import SessionOptions
 
         if self._rig is None:
             portrait = self._portrait or DEFAULT_PORTRAIT

@@ -47,7 +47,7 @@ try:
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
     raise ImportError(f"integrations.livekit needs LiveKit Agents: pip install 'emolive[livekit]' ({error})") from error
 
-from integrations.face import FPS, OUTPUT_RATE, Face, FaceFrame
+from integrations.face import FPS, VOICE_RATE, Face, FaceFrame
 
 __all__ = ["AVATAR_AGENT_NAME", "EmoliveAvatarSession", "EmoliveVideoGenerator", "avatar_options", "avatar_server",
            "start_local_avatar"]
@@ -59,7 +59,7 @@ AVATAR_AGENT_NAME = "emolive-avatar"  # what avatar workers register as, and wha
 
 def avatar_options(size: int = 512) -> AvatarOptions:
     """The ``AvatarRunner`` options matching the face: ``size``² at 25 fps, 48 kHz mono voice."""
-    return AvatarOptions(video_width=size, video_height=size, video_fps=FPS, audio_sample_rate=OUTPUT_RATE,
+    return AvatarOptions(video_width=size, video_height=size, video_fps=FPS, audio_sample_rate=VOICE_RATE,
                          audio_channels=1)
 
 
@@ -108,7 +108,7 @@ class EmoliveVideoGenerator(VideoGenerator):
                 # A dropped picture repeats the last one: the video keeps its 25 fps.
                 yield picture or self._blank()
                 if item.speaking:
-                    yield rtc.AudioFrame(item.audio.tobytes(), OUTPUT_RATE, 1, len(item.audio))
+                    yield rtc.AudioFrame(item.audio.tobytes(), VOICE_RATE, 1, len(item.audio))
             elif item.type == "playback_finished" and not item.interrupted and self._pending_ends:
                 self._pending_ends -= 1
                 yield AudioSegmentEnd()
@@ -126,7 +126,7 @@ async def start_local_avatar(agent_session: Any, room: rtc.Room, face: Face) -> 
     returned runner (and its generator's face) at shutdown."""
     generator = EmoliveVideoGenerator(face)
     await generator.start()
-    audio = QueueAudioOutput(sample_rate=OUTPUT_RATE)
+    audio = QueueAudioOutput(sample_rate=VOICE_RATE)
     agent_session.output.audio = audio
     runner = AvatarRunner(room, audio_recv=audio, video_gen=generator, options=avatar_options(face.size))
     await runner.start()

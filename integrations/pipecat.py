@@ -46,7 +46,7 @@ try:
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
     raise ImportError(f"integrations.pipecat needs Pipecat: pip install 'emolive[pipecat]' ({error})") from error
 
-from integrations.face import OUTPUT_RATE, Face, FaceFrame, LocalFace, RemoteFace
+from integrations.face import VOICE_RATE, Face, FaceFrame, LocalFace, RemoteFace
 
 __all__ = ["EmoliveVideoService", "FliteTTSService"]
 
@@ -138,7 +138,7 @@ class EmoliveVideoService(AIService):
         if self._image is not None:
             await self.push_frame(OutputImageRawFrame(image=self._image.image, size=self._image.size, format="RGB"))
         cls = TTSAudioRawFrame if frame.speaking else OutputAudioRawFrame
-        await self.push_frame(cls(audio=frame.audio.tobytes(), sample_rate=OUTPUT_RATE, num_channels=1))
+        await self.push_frame(cls(audio=frame.audio.tobytes(), sample_rate=VOICE_RATE, num_channels=1))
 
     async def _shutdown(self) -> None:
         if self._pump is not None:

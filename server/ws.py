@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from engine.motion_space import CHANNELS, FPS
-from engine.session import OUTPUT_RATE
+from engine.formats import VOICE_RATE
 from server.errors import ApiError
 from server.sessions import LiveSession, SessionRegistry
 
@@ -192,7 +192,7 @@ class SessionSocket:
         while self.voice and (last is None or self.voice[0][0] <= last):
             index, t, speaking, payload = self.voice.popleft()
             await self.ws.send_text(json.dumps({"type": "audio", "index": index, "t": t, "speaking": speaking,
-                                                "sample_rate": OUTPUT_RATE, "bytes": len(payload)}))
+                                                "sample_rate": VOICE_RATE, "bytes": len(payload)}))
             await self.ws.send_bytes(payload)
 
     # -- incoming ------------------------------------------------------------------------
