@@ -34,3 +34,6 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # livekit extras, which need >=5 (face mesh runs the same on them).
 "${pip[@]}" install -e ".[dev]" "protobuf>=4.25,<5"
 "${pip[@]}" install --no-deps -r requirements/no-deps.txt
+# The Pipecat / LiveKit extras, in .venv-integrations layered on .venv (they need protobuf >= 5;
+# .venv keeps mediapipe's 4.25).
+./scripts/install_integrations.sh
