@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import loadavg
+from emolive.bench.report import loadavg
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -296,7 +296,7 @@ def _source_energy(sink: SourceSink, first: int, last: int) -> tuple[np.ndarray,
 
 def measure_avsync(server: Any, seconds: float = 20.0, seed: int = 0, headless: bool = True) -> AvSyncResult:
     """One session of ``seconds`` through the demo page in Chromium against ``server`` (a
-    running ``server.testing.BackgroundServer`` with loopback ICE); see the module docstring."""
+    running ``emolive.server.testing.BackgroundServer`` with loopback ICE); see the module docstring."""
     from playwright.sync_api import sync_playwright
 
     stim = stimulus(seconds, seed)
@@ -427,8 +427,8 @@ def run_avsync(config: AvSyncConfig) -> None:
     """Measure ``config.runs`` sessions and print each offset and their median."""
     import tempfile
 
-    from server.config import Settings
-    from server.testing import BackgroundServer
+    from emolive.server.config import Settings
+    from emolive.server.testing import BackgroundServer
 
     if config.seconds < SETTLE_S + 6:
         raise SystemExit(f"--seconds must be at least {SETTLE_S + 6:.0f}: the first {SETTLE_S:.0f} s are left out")

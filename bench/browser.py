@@ -37,11 +37,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import console as make_console
-from bench.report import fmt, write_figures
-from bench.server_process import ServerProcess, log_errors
-from bench.speech import RATE, speech_turns
-from engine.errors import BadInputError
+from emolive.bench.report import console as make_console
+from emolive.bench.report import fmt, write_figures
+from emolive.bench.server_process import ServerProcess, log_errors
+from emolive.bench.speech import RATE, speech_turns
+from emolive.engine.errors import BadInputError
 
 CHROMIUM = Path("/usr/bin/chromium")
 MIN_FPS = 24.0

@@ -13,7 +13,7 @@ Up to ``--concurrency`` sessions at once, one after another, of these kinds in t
 - ``stall``: as ``ws``, then the client stops reading and sending with its socket open (a
   hung client process): only the server's keepalive can tell.
 
-Speech: flite TTS turns at 48 kHz in 20 ms chunks (``bench.speech.speech_turns``). Received
+Speech: flite TTS turns at 48 kHz in 20 ms chunks (``emolive.bench.speech.speech_turns``). Received
 fps: whole VP8 frames per second at the aiortc client (checked, not decoded: the client shares
 the server's CPUs), or motion rows per second on the WebSocket. After an abrupt end the bench
 polls ``GET /v1/sessions/{id}`` until it says ``ended`` and reports how long the server took to
@@ -40,13 +40,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.churn_clients import SIZE, SessionRecord, one_session
-from bench.report import console as make_console
-from bench.report import fmt, write_figures
-from bench.server_process import ProcessSample, ServerProcess, log_errors
-from bench.speech import speech_turns
-from bench.undecoded import count_vp8_undecoded
-from engine.errors import BadInputError
+from emolive.bench.churn_clients import SIZE, SessionRecord, one_session
+from emolive.bench.report import console as make_console
+from emolive.bench.report import fmt, write_figures
+from emolive.bench.server_process import ProcessSample, ServerProcess, log_errors
+from emolive.bench.speech import speech_turns
+from emolive.bench.undecoded import count_vp8_undecoded
+from emolive.engine.errors import BadInputError
 
 KINDS = ("ws", "webrtc", "drop-ws", "drop-peer", "stall")
 RSS_LIMIT_MB = 50.0
@@ -97,7 +97,7 @@ async def _churn(server: ServerProcess, minutes: float, concurrency: int, seed: 
                  on_sample) -> None:
     import httpx
 
-    from server.webrtc import enable_loopback_candidates
+    from emolive.server.webrtc import enable_loopback_candidates
 
     enable_loopback_candidates()
     count_vp8_undecoded(SIZE)  # whole frames checked, not decoded: the client shares the server's CPUs

@@ -1,5 +1,5 @@
 """The clients of ``bench sessions``: one session each, over HTTP, a WebSocket and (for the
-WebRTC kinds) an aiortc peer, ended cleanly or abruptly as its kind says (``bench.churn``)."""
+WebRTC kinds) an aiortc peer, ended cleanly or abruptly as its kind says (``emolive.bench.churn``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.server_process import ServerProcess
-from bench.speech import CHUNK, RATE, Feeder, sleep_until
+from emolive.bench.server_process import ServerProcess
+from emolive.bench.speech import CHUNK, RATE, Feeder, sleep_until
 
 SIZE = 512
 FIRST_FRAME_TIMEOUT_S = 20.0

@@ -8,7 +8,7 @@ without batching. A benchmark, never a test: timings depend on the machine and i
    a change in the machine's load falls on all of them alike. With them, as a floor, the
    denoiser's weight matrix products alone (the same shapes, every other op left out) in
    ONNX Runtime: no graph rewrite can make a batch cheaper than that.
-2. Sessions sustained at 25 fps: N live ``engine.session.Session`` objects in one process
+2. Sessions sustained at 25 fps: N live ``emolive.engine.session.Session`` objects in one process
    (realtime clock, the student's motion, speech queued as one long turn each, ``--workers``
    compute threads as the server), with the motion batcher on and off. A session holds
    25 fps when it emits at least 24 frames per second over the measurement window; N grows
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import BadInputError
-from engine.motion.backends import BACKENDS
+from emolive.engine.errors import BadInputError
+from emolive.engine.motion.backends import BACKENDS
 
 HOLD_FPS = 24.0
 WARMUP_S = 1.5
@@ -71,7 +71,7 @@ def _load() -> str:
 
 
 def _check(config: ModelsConfig) -> tuple[str, list[str], list[int]]:
-    from engine.motion.registry import DIFFUSION_MODELS, parse_spec
+    from emolive.engine.motion.registry import DIFFUSION_MODELS, parse_spec
 
     try:
         name, _ = parse_spec(config.motion)
@@ -92,7 +92,7 @@ def _check(config: ModelsConfig) -> tuple[str, list[str], list[int]]:
     if not 64 <= config.size <= 2048:
         raise BadInputError(f"--size must be between 64 and 2048, got {config.size}")
     if not config.skip_sessions:
-        from engine.motion.backends import unavailable_reason
+        from emolive.engine.motion.backends import unavailable_reason
 
         reason = unavailable_reason(config.session_backend)
         if reason:
@@ -108,9 +108,9 @@ def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: i
     """Median ms per call for every (backend, batch) that can run, and why the others cannot."""
     import torch
 
-    from engine.motion.backends import BackendUnavailable
-    from engine.motion.registry import create_motion_model
-    from engine.motion.onnx_graph import random_inputs
+    from emolive.engine.motion.backends import BackendUnavailable
+    from emolive.engine.motion.registry import create_motion_model
+    from emolive.engine.motion.onnx_graph import random_inputs
 
     torch.set_num_threads(1)
     denoisers, unavailable = {}, {}
@@ -141,13 +141,13 @@ def time_denoisers(spec: str, backends: list[str], batches: list[int], rounds: i
 
 
 class MatMulFloor:
-    """The denoiser's weight MatMuls alone (shapes as :class:`engine.motion.onnx_graph.GraphDiT` runs
+    """The denoiser's weight MatMuls alone (shapes as :class:`emolive.engine.motion.onnx_graph.GraphDiT` runs
     them, rows scaled by the batch) as one ONNX Runtime graph on one thread."""
 
     backend = "onnxruntime, weight MatMuls only (floor)"
 
     def __init__(self, cfg) -> None:
-        from engine.audio import MELS_PER_FRAME, N_MELS
+        from emolive.engine.audio import MELS_PER_FRAME, N_MELS
 
         d, h, hidden = cfg.d_model, cfg.audio_hidden, int(cfg.d_model * cfg.mlp_ratio)
         frames, mels = cfg.audio_frames, cfg.audio_frames * MELS_PER_FRAME
@@ -203,11 +203,11 @@ class SessionsRun:
 
 async def _run_sessions(rig, spec: str, backend: str, n: int, batching: bool, seconds: float, workers: int,
                         video: bool, speech: np.ndarray) -> SessionsRun:
-    from engine.motion.batching import MotionBatcher
-    from engine.motion.registry import create_motion_model
-    from engine.motion_space import MotionControls
-    from engine.session import Session
-    from engine.session_types import SessionOptions
+    from emolive.engine.motion.batching import MotionBatcher
+    from emolive.engine.motion.registry import create_motion_model
+    from emolive.engine.motion_space import MotionControls
+    from emolive.engine.session import Session
+    from emolive.engine.session_types import SessionOptions
 
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-models")
     batcher = MotionBatcher() if batching else None
@@ -319,8 +319,8 @@ def run_models(config: ModelsConfig) -> None:
 def _bench_sessions(config: ModelsConfig, spec: str, console) -> None:
     from rich.table import Table
 
-    from engine.audio import load_audio
-    from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+    from emolive.engine.audio import load_audio
+    from emolive.engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
 
     _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=config.size))
     clip = load_audio(DEFAULT_AUDIO)

@@ -12,13 +12,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from engine.audio import load_audio, log_mel, video_frame_features
-from engine.motion import generate
-from engine.motion.registry import create_motion_model
-from engine.motion_space import FPS, MotionControls
-from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
-from engine.render import Renderer
-from engine.video import Mp4Writer
+from emolive.engine.audio import load_audio, log_mel, video_frame_features
+from emolive.engine.motion import generate
+from emolive.engine.motion.registry import create_motion_model
+from emolive.engine.motion_space import FPS, MotionControls
+from emolive.engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+from emolive.engine.render import Renderer
+from emolive.engine.video import Mp4Writer
 
 
 @dataclass(frozen=True)

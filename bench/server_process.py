@@ -38,7 +38,7 @@ class ServerProcess:
     """``with ServerProcess(data_dir, log_path, loop="auto") as srv: srv.url``."""
 
     def __init__(self, data_dir: Path, log_path: Path, loop: str = "auto", extra: tuple[str, ...] = ()) -> None:
-        self.command = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--data-dir", str(data_dir),
+        self.command = [sys.executable, "-m", "emolive.cli.main", "serve", "--port", "0", "--data-dir", str(data_dir),
                         "--ice-loopback", "--loop", loop, *extra]
         self.log_path = log_path
         self.url = ""

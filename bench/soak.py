@@ -3,7 +3,7 @@
 Samples RSS (this process and its render processes) every 10 s and, per turn, the offset
 between the frame of ``playback_started`` and the frame the turn's first sample arrived in;
 fails when RSS grows >= 50 MB, the offset drifts >= 40 ms, or the voice out ever differs
-from the voice pushed (``bench.stream.measure.AudioTracker``).
+from the voice pushed (``emolive.bench.stream.measure.AudioTracker``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 from rich.table import Table
 
-from bench.report import console as make_console
-from bench.report import fmt, loadavg
-from bench.speech import RATE, Feeder, speech_turns
-from bench.stream.measure import FPS, AudioTracker, cpu_seconds, percentile, rss_mb
-from bench.stream.run import prepare_rig
-from engine.errors import BadInputError
-from engine.rig import Rig
+from emolive.bench.report import console as make_console
+from emolive.bench.report import fmt, loadavg
+from emolive.bench.speech import RATE, Feeder, speech_turns
+from emolive.bench.stream.measure import FPS, AudioTracker, cpu_seconds, percentile, rss_mb
+from emolive.bench.stream.run import prepare_rig
+from emolive.engine.errors import BadInputError
+from emolive.engine.rig import Rig
 
 RSS_LIMIT_MB = 50.0
 DRIFT_LIMIT_MS = 40.0
@@ -44,11 +44,11 @@ class SoakConfig:
 
 async def _soak(rig: Rig, minutes: float, turns: list[np.ndarray], seed: int, motion: str, render_processes: int,
                 on_sample: Callable[[float, float, int, AudioTracker], None]) -> dict:
-    from engine.motion.registry import create_motion_model
-    from engine.motion_space import MotionControls
-    from engine.render_workers import RenderWorkers
-    from engine.session import Session
-    from engine.session_types import SessionOptions
+    from emolive.engine.motion.registry import create_motion_model
+    from emolive.engine.motion_space import MotionControls
+    from emolive.engine.render_workers import RenderWorkers
+    from emolive.engine.session import Session
+    from emolive.engine.session_types import SessionOptions
 
     render_workers = RenderWorkers(render_processes) if render_processes else None
     pids = render_workers.pids if render_workers else []

@@ -2,7 +2,7 @@
 
 Every turn is int16 at the session's voice-out rate with no zero sample, so that the voice a
 session sends back can be matched to the voice pushed sample for sample (zero is what a
-session inserts for silence; see ``bench.stream``).
+session inserts for silence; see ``emolive.bench.stream``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def speech_turns() -> tuple[list[np.ndarray], str]:
     turns: list[np.ndarray] = []
     source = ""
     try:
-        from training.tts import available_voices, synthesize
+        from emolive.training.tts import available_voices, synthesize
 
         if TTS_VOICE in available_voices():
             turns = [synthesize(text, TTS_VOICE, rate=RATE).audio for text in TEXTS]
@@ -43,8 +43,8 @@ def speech_turns() -> tuple[list[np.ndarray], str]:
     if not turns:
         import soxr
 
-        from engine.audio import load_audio
-        from engine.offline import DEFAULT_AUDIO
+        from emolive.engine.audio import load_audio
+        from emolive.engine.offline import DEFAULT_AUDIO
 
         clip = soxr.resample(load_audio(DEFAULT_AUDIO), 16000, RATE)
         piece = 3 * RATE

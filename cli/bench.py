@@ -9,27 +9,27 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from engine.motion.backends import BACKENDS
-from engine.motion.registry import DEFAULT_MOTION_MODEL, LIVE_MOTION_MODEL, MOTION_MODELS
+from emolive.engine.motion.backends import BACKENDS
+from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, LIVE_MOTION_MODEL, MOTION_MODELS
 
 LOOP_HELP = "the server's event loop, passed to `emolive serve --loop` (default: auto, which is uvloop when installed)"
 
 # bench KIND -> (module, config class, run function); imported only when that bench runs.
 _BENCHES = {
-    "render": ("bench.render", "RenderConfig", "run_render"),
-    "stream": ("bench.stream.run", "StreamConfig", "run_stream"),
-    "soak": ("bench.soak", "SoakConfig", "run_soak"),
-    "models": ("bench.models", "ModelsConfig", "run_models"),
-    "sessions": ("bench.churn", "SessionsConfig", "run_sessions"),
-    "browser": ("bench.browser", "BrowserConfig", "run_browser"),
-    "avsync": ("bench.avsync", "AvSyncConfig", "run_avsync"),
+    "render": ("emolive.bench.render", "RenderConfig", "run_render"),
+    "stream": ("emolive.bench.stream.run", "StreamConfig", "run_stream"),
+    "soak": ("emolive.bench.soak", "SoakConfig", "run_soak"),
+    "models": ("emolive.bench.models", "ModelsConfig", "run_models"),
+    "sessions": ("emolive.bench.churn", "SessionsConfig", "run_sessions"),
+    "browser": ("emolive.bench.browser", "BrowserConfig", "run_browser"),
+    "avsync": ("emolive.bench.avsync", "AvSyncConfig", "run_avsync"),
 }
 
 
 def run_bench(args: argparse.Namespace) -> None:
     """Build the config of ``args.bench`` from the parsed options and run that bench."""
     if args.bench in ("stream", "soak"):
-        from cli.serve import check_render_processes
+        from emolive.cli.serve import check_render_processes
 
         check_render_processes(args.render_processes)
     module_name, config_name, run_name = _BENCHES[args.bench]
@@ -65,7 +65,7 @@ def _add_render(kinds: Any) -> None:
 
 
 def _motion_spec(text: str) -> str:
-    from engine.motion.registry import parse_spec
+    from emolive.engine.motion.registry import parse_spec
 
     try:
         parse_spec(text)
@@ -121,7 +121,7 @@ def _add_soak(kinds: Any) -> None:
 
 
 def _add_models(kinds: Any) -> None:
-    from bench.models import DESCRIPTION, WARMUP_S
+    from emolive.bench.models import DESCRIPTION, WARMUP_S
 
     parser = kinds.add_parser(
         "models", help="motion denoiser ms per call per backend and batch size; 25 fps sessions with batching on/off",
@@ -175,7 +175,7 @@ def _add_sessions(kinds: Any) -> None:
 
 
 def _add_browser(kinds: Any) -> None:
-    from bench.browser import CHROMIUM
+    from emolive.bench.browser import CHROMIUM
 
     parser = kinds.add_parser(
         "browser", help="consecutive real-Chromium WebRTC sessions against `emolive serve`: fps and freezes",
@@ -200,7 +200,7 @@ def _add_browser(kinds: Any) -> None:
 
 
 def _add_avsync(kinds: Any) -> None:
-    from bench.avsync import SETTLE_S
+    from emolive.bench.avsync import SETTLE_S
 
     parser = kinds.add_parser(
         "avsync", help="A/V offset a real Chromium shows (demo page, TTS over the WebSocket, WebRTC back)",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.errors import BadInputError
+from emolive.engine.errors import BadInputError
 
 
 def add_eval_parser(commands) -> None:
@@ -39,10 +39,10 @@ def run_lipsync(args: argparse.Namespace) -> None:
 
     import torch
 
-    from engine.motion.baseline import BaselineMotion
-    from engine.motion.diffusion import WEIGHTS_DIR, DiffusionMotion
-    from training.corpus import load_corpus, plan_corpus, run_jobs
-    from training.evaluate import evaluate_models, markdown_table, ms_per_hop
+    from emolive.engine.motion.baseline import BaselineMotion
+    from emolive.engine.motion.diffusion import WEIGHTS_DIR, DiffusionMotion
+    from emolive.training.corpus import load_corpus, plan_corpus, run_jobs
+    from emolive.training.evaluate import evaluate_models, markdown_table, ms_per_hop
 
     torch.set_num_threads(1)
     weights = args.weights or WEIGHTS_DIR
@@ -57,7 +57,7 @@ def run_lipsync(args: argparse.Namespace) -> None:
         ev = load_corpus(args.corpus)
         clips = [(ev.audio[i], ev.phones[i], str(ev.group[i])) for i in range(len(ev.lengths))]
     else:
-        from training.tts import Phone
+        from emolive.training.tts import Phone
 
         plan = plan_corpus(0, args.seed, args.per_group)
         clips = []
@@ -77,7 +77,7 @@ def run_lipsync(args: argparse.Namespace) -> None:
     print(markdown_table(results, hop))
     out = {"synthetic": {n: s.summary() for n, s in results.items()}, "ms_per_hop": hop}
     if not args.no_real:
-        from training.realspeech import real_clips
+        from emolive.training.realspeech import real_clips
 
         real = real_clips()
         if real:

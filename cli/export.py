@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.errors import BadInputError
+from emolive.engine.errors import BadInputError
 
 DESCRIPTION = """\
 Write emolive's models as ONNX files for ONNX Runtime, TensorRT or any other runtime.
@@ -45,7 +45,7 @@ and exits with status 2.
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from export.registry import DEFAULT_OPSET, exporter_names
+    from emolive.export.registry import DEFAULT_OPSET, exporter_names
 
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                         help="directory for the files (created if missing); up-to-date files in it are reused")
@@ -94,7 +94,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _export_onnx(args: argparse.Namespace) -> list:
-    from export.registry import ExporterUnavailable, ExportRequest, exporter_names, get_exporter
+    from emolive.export.registry import ExporterUnavailable, ExportRequest, exporter_names, get_exporter
 
     request = ExportRequest(out_dir=args.output, opset=args.opset, force=args.force)
     names = exporter_names() if args.what == "all" else [args.what]
@@ -118,9 +118,9 @@ def _export_onnx(args: argparse.Namespace) -> list:
 
 
 def _verify_denoiser(result) -> None:
-    from engine.motion.backends import OnnxDenoiser, TorchDenoiser
-    from engine.motion.diffusion import load_cached
-    from engine.motion.onnx_graph import MAX_ABS_DIFF, random_inputs
+    from emolive.engine.motion.backends import OnnxDenoiser, TorchDenoiser
+    from emolive.engine.motion.diffusion import load_cached
+    from emolive.engine.motion.onnx_graph import MAX_ABS_DIFF, random_inputs
 
     model, _ = load_cached(result.info["source"]["weights"])
     onnx, torch_ = OnnxDenoiser(result.path), TorchDenoiser(model)
@@ -135,7 +135,7 @@ def _verify_denoiser(result) -> None:
 def run_export(args: argparse.Namespace) -> None:
     _check(args)
     if args.export == "trt":
-        from engine.motion.tensorrt import build_engines, unavailable_reason
+        from emolive.engine.motion.tensorrt import build_engines, unavailable_reason
 
         reason = unavailable_reason()
         if reason:

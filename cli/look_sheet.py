@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine import face_topology as topo
-from engine.errors import BadInputError
-from engine.motion_space import INDEX, rest_frame
+from emolive.engine import face_topology as topo
+from emolive.engine.errors import BadInputError
+from emolive.engine.motion_space import INDEX, rest_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT_DIR = ROOT / "tests" / "portraits"
@@ -48,7 +48,7 @@ POSES: tuple[Pose, ...] = (
 
 def default_portraits() -> list[Path]:
     """The bundled portrait and the test portraits (see tests/portraits/LICENSE.md)."""
-    from engine.offline import DEFAULT_PORTRAIT
+    from emolive.engine.offline import DEFAULT_PORTRAIT
 
     return [DEFAULT_PORTRAIT, *sorted(PORTRAIT_DIR.glob("*.jpg"))]
 
@@ -83,8 +83,8 @@ def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def render_poses(portrait: Path, size: int = 512) -> tuple[np.ndarray, list[np.ndarray]]:
     """The registered portrait's landmarks and one rendered frame per pose in POSES."""
-    from engine.offline import RenderOptions, prepare_avatar
-    from engine.render import Renderer
+    from emolive.engine.offline import RenderOptions, prepare_avatar
+    from emolive.engine.render import Renderer
 
     avatar, rig = prepare_avatar(portrait, RenderOptions(size=size))
     renderer = Renderer(rig)

@@ -11,10 +11,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from engine.errors import BadInputError
-from engine.motion.backends import BACKENDS, DEFAULT_BACKEND
-from engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS
-from engine.motion_space import FPS, MotionControls
+from emolive.engine.errors import BadInputError
+from emolive.engine.motion.backends import BACKENDS, DEFAULT_BACKEND
+from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS
+from emolive.engine.motion_space import FPS, MotionControls
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -49,7 +49,7 @@ def _controls(args: argparse.Namespace) -> MotionControls:
 def _motion_spec(args: argparse.Namespace) -> str:
     """``--motion`` plus ``--steps`` as a registry spec (``student:4``); refuses a
     ``--motion-backend`` that cannot run here."""
-    from engine.motion.registry import DIFFUSION_MODELS, parse_spec
+    from emolive.engine.motion.registry import DIFFUSION_MODELS, parse_spec
 
     spec = args.motion if args.steps is None else f"{args.motion}:{args.steps}"
     try:
@@ -57,7 +57,7 @@ def _motion_spec(args: argparse.Namespace) -> str:
     except ValueError as error:
         raise BadInputError(f"--steps: {error}") from None
     if name in DIFFUSION_MODELS:
-        from engine.motion.backends import unavailable_reason
+        from emolive.engine.motion.backends import unavailable_reason
 
         reason = unavailable_reason(args.motion_backend)
         if reason:
@@ -66,7 +66,7 @@ def _motion_spec(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT
+    from emolive.engine.offline import DEFAULT_AUDIO, DEFAULT_PORTRAIT
 
     parser = argparse.ArgumentParser(
         prog="emolive",
@@ -103,24 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     motion.add_argument("--fps", type=float, default=FPS, help=f"rows per second (default: {FPS})")
     _add_motion_options(motion)
 
-    from cli.bench import add_bench_parser
+    from emolive.cli.bench import add_bench_parser
 
     add_bench_parser(commands)
 
-    from cli.look_sheet import add_look_sheet_parser
+    from emolive.cli.look_sheet import add_look_sheet_parser
 
     add_look_sheet_parser(commands)
 
-    from cli.serve import add_serve_parser
+    from emolive.cli.serve import add_serve_parser
 
     add_serve_parser(commands)
 
-    from cli.export import add_export_parser
+    from emolive.cli.export import add_export_parser
 
     add_export_parser(commands)
 
-    from cli.eval import add_eval_parser
-    from cli.train import add_train_parser
+    from emolive.cli.eval import add_eval_parser
+    from emolive.cli.train import add_train_parser
 
     add_train_parser(commands)
     add_eval_parser(commands)
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_render(args: argparse.Namespace) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from engine.offline import RenderOptions, contact_sheet, render_video
+    from emolive.engine.offline import RenderOptions, contact_sheet, render_video
 
     if not 64 <= args.size <= 2048:
         raise BadInputError(f"--size must be between 64 and 2048, got {args.size}")
@@ -164,8 +164,8 @@ def _run_render(args: argparse.Namespace) -> None:
 
 
 def _run_motion(args: argparse.Namespace) -> None:
-    from engine.audio import load_audio
-    from engine.offline import RenderOptions, audio_to_motion
+    from emolive.engine.audio import load_audio
+    from emolive.engine.offline import RenderOptions, audio_to_motion
 
     if args.output.suffix.lower() not in (".csv", ".json"):
         raise BadInputError(f"{args.output}: output must end in .csv or .json")
@@ -179,12 +179,12 @@ def _run_motion(args: argparse.Namespace) -> None:
 # Subcommands that live in their own modules, imported only when run: `emolive render` should
 # not pay for importing the server, the exporters or the trainer.
 _COMMANDS = {
-    "bench": ("cli.bench", "run_bench"),
-    "look-sheet": ("cli.look_sheet", "run_look_sheet"),
-    "serve": ("cli.serve", "run_serve"),
-    "export": ("cli.export", "run_export"),
-    "train": ("cli.train", "run_train"),
-    "eval": ("cli.eval", "run_eval"),
+    "bench": ("emolive.cli.bench", "run_bench"),
+    "look-sheet": ("emolive.cli.look_sheet", "run_look_sheet"),
+    "serve": ("emolive.cli.serve", "run_serve"),
+    "export": ("emolive.cli.export", "run_export"),
+    "train": ("emolive.cli.train", "run_train"),
+    "eval": ("emolive.cli.eval", "run_eval"),
 }
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.errors import BadInputError
-from engine.motion.backends import BACKENDS
+from emolive.engine.errors import BadInputError
+from emolive.engine.motion.backends import BACKENDS
 
 DESCRIPTION = """\
 Serve talking portraits over HTTP, WebSocket and WebRTC.
@@ -42,7 +42,7 @@ def _description() -> str:
     import textwrap
     from dataclasses import fields
 
-    from server.config import Settings
+    from emolive.server.config import Settings
 
     head, tail = DESCRIPTION.split("{env}")
     names = ", ".join(f"EMOLIVE_{f.name.upper()}" for f in fields(Settings))
@@ -145,12 +145,12 @@ def run_serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from server.app import create_app
-    from server.config import Settings, parse_ice_servers, read_api_key_file
+    from emolive.server.app import create_app
+    from emolive.server.config import Settings, parse_ice_servers, read_api_key_file
 
     _check(args)
     if args.motion is not None:
-        from engine.motion.registry import parse_spec
+        from emolive.engine.motion.registry import parse_spec
 
         try:
             parse_spec(args.motion)
@@ -175,7 +175,7 @@ def run_serve(args: argparse.Namespace) -> None:
     if not settings.loopback and settings.api_key is None and not settings.insecure_no_api_key:
         raise BadInputError(f"refusing to listen on {settings.host} without an API key: set EMOLIVE_API_KEY "
                             "(or --api-key-file), or pass --insecure-no-api-key")
-    from engine.motion.backends import unavailable_reason
+    from emolive.engine.motion.backends import unavailable_reason
 
     reason = unavailable_reason(settings.motion_backend)
     if reason:

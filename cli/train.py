@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.errors import BadInputError
+from emolive.engine.errors import BadInputError
 
 
 def add_train_parser(commands) -> None:
@@ -28,7 +28,7 @@ def add_train_parser(commands) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from training.recipe import run_recipe
+    from emolive.training.recipe import run_recipe
 
     if args.seed < 0:
         raise BadInputError(f"--seed must be >= 0, got {args.seed}")

@@ -22,8 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from engine.errors import BadInputError
-from engine.formats import FEATURE_RATE
+from emolive.engine.errors import BadInputError
+from emolive.engine.formats import FEATURE_RATE
 
 SAMPLE_RATE = FEATURE_RATE  # the features are defined at this rate
 HOP = 160

@@ -2,8 +2,8 @@
 
 ``register_avatar`` turns a portrait file into an :class:`Avatar`: an upright RGB frame
 (by default a square head-and-shoulders crop) with MediaPipe's 478 face-mesh landmarks in
-that frame's pixels. The file is read by :mod:`engine.portrait`, its faces found by
-:mod:`engine.face_detection` and the frame cut by :mod:`engine.framing`. Results are cached
+that frame's pixels. The file is read by :mod:`emolive.engine.portrait`, its faces found by
+:mod:`emolive.engine.face_detection` and the frame cut by :mod:`emolive.engine.framing`. Results are cached
 by the file's content hash, so a portrait is detected once.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import BadInputError
-from engine.face_detection import MIN_FACE_PX, TONES, find_faces, landmark_area, landmark_box
-from engine.framing import head_and_shoulders, refine, whole_image
-from engine.portrait import MIN_IMAGE_SIDE, decode_portrait, read_portrait
+from emolive.engine.errors import BadInputError
+from emolive.engine.face_detection import MIN_FACE_PX, TONES, find_faces, landmark_area, landmark_box
+from emolive.engine.framing import head_and_shoulders, refine, whole_image
+from emolive.engine.portrait import MIN_IMAGE_SIDE, decode_portrait, read_portrait
 
 CACHE_VERSION = 3
 NUM_LANDMARKS = 478

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from engine.formats import FPS
-from engine.motion.batching import MotionBatcher
+from emolive.engine.formats import FPS
+from emolive.engine.motion.batching import MotionBatcher
 
 # A frame's render is skipped when modelled compute is this far behind the clock ...
 RENDER_SLACK_S = 0.5 / FPS

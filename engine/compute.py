@@ -1,8 +1,8 @@
 """Where a live session's frames are computed: the motion step and the render, off the loop.
 
-A frame's motion comes from the shared :class:`~engine.motion.batching.MotionBatcher`
+A frame's motion comes from the shared :class:`~emolive.engine.motion.batching.MotionBatcher`
 (batched with the other sessions' steps of the same tick) or from the session's executor;
-its picture from a render-worker process (:class:`~engine.render_workers.RenderWorkers`) or
+its picture from a render-worker process (:class:`~emolive.engine.render_workers.RenderWorkers`) or
 the same executor. A worker's reply is sent and read on the loop: a thread in between would
 wait twice for the interpreter lock. One job at a time per session.
 """
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.motion import MotionModel
-from engine.motion.batching import MotionBatcher, batchable
-from engine.render_workers import FrameRenderer, RenderedFrame, RenderWorkers, VideoRequest, WorkerFrameRenderer
-from engine.rig import Rig
+from emolive.engine.motion import MotionModel
+from emolive.engine.motion.batching import MotionBatcher, batchable
+from emolive.engine.render_workers import FrameRenderer, RenderedFrame, RenderWorkers, VideoRequest, WorkerFrameRenderer
+from emolive.engine.rig import Rig
 
 
 @dataclass

@@ -14,10 +14,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engine import face_topology as topo
-from engine.motion_space import INDEX
-from engine.rig import Rig
-from engine.rig_bases import BLINK_WARP_CLOSE
+from emolive.engine import face_topology as topo
+from emolive.engine.motion_space import INDEX
+from emolive.engine.rig import Rig
+from emolive.engine.rig_bases import BLINK_WARP_CLOSE
 
 # In inter-ocular distances: the band of lid skin above the lashes that stretches over the
 # eye, how far above the eye's margin the lashes reach, and the lash line's thickness.

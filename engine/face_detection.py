@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.image_view import ImageView, fit, padded, rescaled, square_crop
+from emolive.engine.image_view import ImageView, fit, padded, rescaled, square_crop
 
 MIN_FACE_PX = 48
 DETECT_LONG_SIDE = 1024

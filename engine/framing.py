@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.face_detection import detect_faces, landmark_box, landmark_centre, landmark_iou
-from engine.image_view import ImageView, rescaled, square_crop
+from emolive.engine.face_detection import detect_faces, landmark_box, landmark_centre, landmark_iou
+from emolive.engine.image_view import ImageView, rescaled, square_crop
 
 # Head-and-shoulders framing: crop side over face height, and where the face centre sits.
 CROP_FACE_RATIO = 2.6

@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from engine.formats import FPS, VOICE_RATE
+from emolive.engine.formats import FPS, VOICE_RATE
 
 VIDEO_CLOCK = 90_000  # RTP's video clock: VP8 packets carry pts in these ticks
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.formats import FPS
+from emolive.engine.formats import FPS
 
 HEAD_POSE: tuple[str, ...] = ("headPitch", "headYaw", "headRoll", "headTx", "headTy", "headScale")
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from engine import face_topology as topo
-from engine.rig import MouthRig, Rig
+from emolive.engine import face_topology as topo
+from emolive.engine.rig import MouthRig, Rig
 
 _SUBPIXEL_BITS = 3
 

@@ -1,7 +1,7 @@
 """Offline rendering: portrait + audio file -> MP4, the same stages the live session runs.
 
-registrar (``engine.avatar``) -> audio features (``engine.audio``) -> motion
-(``engine.motion``) -> render (``engine.render``) -> encode (``engine.video``).
+registrar (``emolive.engine.avatar``) -> audio features (``emolive.engine.audio``) -> motion
+(``emolive.engine.motion``) -> render (``emolive.engine.render``) -> encode (``emolive.engine.video``).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from engine.audio import decode_audio, log_mel, to_mono_16k, video_frame_features
-from engine.avatar import Avatar, register_avatar
-from engine.motion import generate
-from engine.motion.backends import DEFAULT_BACKEND
-from engine.motion.registry import DEFAULT_MOTION_MODEL, create_motion_model
-from engine.motion_space import FPS, MotionControls, MotionTrack
-from engine.render import Renderer
-from engine.rig import Rig, build_rig
-from engine.video import Mp4Writer
+from emolive.engine.audio import decode_audio, log_mel, to_mono_16k, video_frame_features
+from emolive.engine.avatar import Avatar, register_avatar
+from emolive.engine.motion import generate
+from emolive.engine.motion.backends import DEFAULT_BACKEND
+from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, create_motion_model
+from emolive.engine.motion_space import FPS, MotionControls, MotionTrack
+from emolive.engine.render import Renderer
+from emolive.engine.rig import Rig, build_rig
+from emolive.engine.video import Mp4Writer
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_PORTRAIT = ASSETS / "astronaut.jpg"

@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 import soxr
 
-from engine.formats import FEATURE_RATE, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
-from engine.session_types import SessionStats
+from emolive.engine.formats import FEATURE_RATE, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
+from emolive.engine.session_types import SessionStats
 
 OUT_PER_IN = VOICE_RATE // FEATURE_RATE
 # 16 kHz samples a starting turn keeps in hand beyond the most its resamplers can hold back,

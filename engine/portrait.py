@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from engine.errors import BadInputError
+from emolive.engine.errors import BadInputError
 
 MAX_PIXELS = 40_000_000
 # Larger portraits are shrunk to this long side as they are decoded: the engine's frames are

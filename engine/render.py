@@ -12,11 +12,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engine.eyelids import EyelidCompositor
-from engine.flow import forward_flow, invert_newton, node_grid, upsample
-from engine.motion_space import BLEND_SLICE, INDEX, clip_frames
-from engine.mouth import MouthCompositor
-from engine.rig import BASIS_INDEX, FlowGrid, Rig
+from emolive.engine.eyelids import EyelidCompositor
+from emolive.engine.flow import forward_flow, invert_newton, node_grid, upsample
+from emolive.engine.motion_space import BLEND_SLICE, INDEX, clip_frames
+from emolive.engine.mouth import MouthCompositor
+from emolive.engine.rig import BASIS_INDEX, FlowGrid, Rig
 
 
 def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Rendering and encoding a session's frames: in the calling thread, or in worker processes.
 
-A session turns each motion row into a picture (``engine.render.Renderer``) and, while a
-WebRTC peer takes VP8, into a VP8 packet (``engine.media.Vp8Encoder``): ~7 ms of CPU for a
+A session turns each motion row into a picture (``emolive.engine.render.Renderer``) and, while a
+WebRTC peer takes VP8, into a VP8 packet (``emolive.engine.media.Vp8Encoder``): ~7 ms of CPU for a
 512² frame. Both are mostly C (OpenCV, libvpx) that releases the interpreter lock, but the
 Python around them does not, and a server's one interpreter also runs every session's event
 loop work (RTP, SRTP, Opus, sockets): with 4 sessions on 2 cores that interpreter was the wall
@@ -38,9 +38,9 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from engine.render import Renderer
-from engine.rig import Rig
-from engine.media import Vp8Encoder, video_pts
+from emolive.engine.render import Renderer
+from emolive.engine.rig import Rig
+from emolive.engine.media import Vp8Encoder, video_pts
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 Built once per portrait from the 478 MediaPipe landmarks by :func:`build_rig`:
 
 * a triangle mesh over the face, a ring of follow points (hair, ears, neck) and fixed anchors
-  around them, so pixels outside the anchor ring are never resampled (:mod:`engine.rig_mesh`);
+  around them, so pixels outside the anchor ring are never resampled (:mod:`emolive.engine.rig_mesh`);
 * one displacement field per blendshape on the mesh vertices, authored in a canonical face
   frame (eye axis, inter-ocular distance) and so scaled to the portrait
-  (:mod:`engine.rig_bases`);
+  (:mod:`emolive.engine.rig_bases`);
 * per-vertex weights for how strongly each vertex follows the head pose;
 * sparse barycentric weights that turn vertex displacements into a dense flow on a grid.
 
@@ -22,10 +22,10 @@ import numpy as np
 from scipy import sparse
 from scipy.spatial import Delaunay
 
-from engine import face_topology as topo
-from engine.motion_space import BLENDSHAPES
-from engine.rig_bases import blendshape_bases
-from engine.rig_mesh import FaceFrame, RigConfig, RigMesh
+from emolive.engine import face_topology as topo
+from emolive.engine.motion_space import BLENDSHAPES
+from emolive.engine.rig_bases import blendshape_bases
+from emolive.engine.rig_mesh import FaceFrame, RigConfig, RigMesh
 
 BASIS_INDEX = {name: i for i, name in enumerate(BLENDSHAPES)}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engine import face_topology as topo
-from engine.rig_mesh import RigMesh, smoothstep
+from emolive.engine import face_topology as topo
+from emolive.engine.rig_mesh import RigMesh, smoothstep
 
 # Share of the eye opening the warp closes at eyeBlink = 1: the lid skin drops a little and
 # the eye is squeezed only that much; engine.eyelids draws the lid over the rest.

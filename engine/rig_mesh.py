@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-from engine import face_topology as topo
+from emolive.engine import face_topology as topo
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 
 A session is a pipeline of stages, each a module of its own:
 
-- :mod:`engine.playout`: the audio timeline (turns, resampling to 16 and 48 kHz, the voice
+- :mod:`emolive.engine.playout`: the audio timeline (turns, resampling to 16 and 48 kHz, the voice
   of each frame, turn events);
-- :class:`~engine.audio.StreamingLogMel`: features, one video frame of them per tick;
-- :mod:`engine.compute`: the motion step and the render (and VP8 encode), off the loop;
-- :mod:`engine.clock`: when each tick is due, and when a frame drops its render;
-- :mod:`engine.backlog`: the bounded queues to the frame and event consumers.
+- :class:`~emolive.engine.audio.StreamingLogMel`: features, one video frame of them per tick;
+- :mod:`emolive.engine.compute`: the motion step and the render (and VP8 encode), off the loop;
+- :mod:`emolive.engine.clock`: when each tick is due, and when a frame drops its render;
+- :mod:`emolive.engine.backlog`: the bounded queues to the frame and event consumers.
 
 Tick ``k`` consumes exactly one video frame of input from the pending turn audio, or silence
 when none is queued, so the face idles and an underrun never stalls the clock:
@@ -37,19 +37,19 @@ from collections.abc import AsyncIterator
 import cv2
 import numpy as np
 
-from engine.audio import HOP, MELS_PER_FRAME, N_MELS, SILENCE_FEATURE, WIN, StreamingLogMel, to_mono
-from engine.backlog import Backlog
-from engine.clock import FrameClock
-from engine.compute import ComputeRoute
-from engine.errors import BadInputError
-from engine.formats import FEATURE_SAMPLES_PER_FRAME, FPS
-from engine.media import clamp_vp8_bitrate
-from engine.motion import MAX_LOOKAHEAD_FRAMES, MotionModel
-from engine.motion.batching import MotionBatcher
-from engine.playout import Playout
-from engine.render_workers import RenderWorkers, VideoRequest
-from engine.rig import Rig
-from engine.session_types import SessionEvent, SessionFrame, SessionOptions, SessionStats
+from emolive.engine.audio import HOP, MELS_PER_FRAME, N_MELS, SILENCE_FEATURE, WIN, StreamingLogMel, to_mono
+from emolive.engine.backlog import Backlog
+from emolive.engine.clock import FrameClock
+from emolive.engine.compute import ComputeRoute
+from emolive.engine.errors import BadInputError
+from emolive.engine.formats import FEATURE_SAMPLES_PER_FRAME, FPS
+from emolive.engine.media import clamp_vp8_bitrate
+from emolive.engine.motion import MAX_LOOKAHEAD_FRAMES, MotionModel
+from emolive.engine.motion.batching import MotionBatcher
+from emolive.engine.playout import Playout
+from emolive.engine.render_workers import RenderWorkers, VideoRequest
+from emolive.engine.rig import Rig
+from emolive.engine.session_types import SessionEvent, SessionFrame, SessionOptions, SessionStats
 
 # A mel window starts WIN/2 - HOP/2 before its hop, so the last mel of a video frame needs
 # this many samples of the next frame (120 at 16 kHz).
@@ -167,7 +167,7 @@ class Session:
 
     def encode_video(self, bitrate: int | None) -> None:
         """Encode every rendered frame as VP8 at ``bitrate`` b/s (clamped to what
-        ``engine.media`` allows), or stop with None. A stream that starts, or restarts after a
+        ``emolive.engine.media`` allows), or stop with None. A stream that starts, or restarts after a
         stop, begins with a keyframe; a change of bitrate keeps a pending keyframe request."""
         if bitrate is None:
             self._video = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.motion_space import MotionControls
+from emolive.engine.motion_space import MotionControls
 
 
 @dataclass(frozen=True)

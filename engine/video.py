@@ -2,7 +2,7 @@
 
 The writer encodes on a thread of its own, so rendering the next frame overlaps encoding this
 one (OpenCV, x264 and the muxer release the GIL): on two cores that is most of the encode
-cost. The live encoders (VP8, Opus) are in :mod:`engine.media`.
+cost. The live encoders (VP8, Opus) are in :mod:`emolive.engine.media`.
 
 """
 
@@ -18,8 +18,8 @@ import av
 import numpy as np
 import soxr
 
-from engine.formats import FEATURE_RATE, FPS, VOICE_RATE
-from engine.media import yuv420p_frame
+from emolive.engine.formats import FEATURE_RATE, FPS, VOICE_RATE
+from emolive.engine.media import yuv420p_frame
 
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _AUDIO_CHUNK = 1024  # AAC frame size

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from integrations.face import LocalFace  # noqa: E402
-from training.tts import synthesize  # noqa: E402
+from emolive.integrations.face import LocalFace  # noqa: E402
+from emolive.training.tts import synthesize  # noqa: E402
 
 RATE = 24000
 VOICED = 1000  # PCM16 level that counts as voice
@@ -48,7 +48,7 @@ def voiced(audio: bytes | np.ndarray) -> bool:
 async def livekit_turns(runs: int, size: int, motion: str) -> tuple[list[float], list[float]]:
     from livekit import rtc
 
-    from integrations.livekit import EmoliveVideoGenerator
+    from emolive.integrations.livekit import EmoliveVideoGenerator
 
     pcm, lead = speech()
     generator = EmoliveVideoGenerator(LocalFace(size=size, motion=motion))
@@ -88,7 +88,7 @@ async def pipecat_turns(runs: int, size: int, motion: str) -> tuple[list[float],
     from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
-    from integrations.pipecat import EmoliveVideoService
+    from emolive.integrations.pipecat import EmoliveVideoService
 
     pcm, lead = speech()
     out: list[tuple[float, bool]] = []

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, cli, inference  # noqa: E402
 
-from integrations.face import LocalFace  # noqa: E402
-from integrations.livekit import EmoliveAvatarSession, start_local_avatar  # noqa: E402
+from emolive.integrations.face import LocalFace  # noqa: E402
+from emolive.integrations.livekit import EmoliveAvatarSession, start_local_avatar  # noqa: E402
 
 server = AgentServer()
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from livekit.agents import cli  # noqa: E402
 
-from integrations.face import Face, LocalFace, RemoteFace  # noqa: E402
-from integrations.livekit import avatar_server  # noqa: E402
+from emolive.integrations.face import Face, LocalFace, RemoteFace  # noqa: E402
+from emolive.integrations.livekit import avatar_server  # noqa: E402
 
 
 def face_factory(server: str | None, size: int, motion: str):

@@ -53,10 +53,10 @@ from pipecat.turns.user_turn_processor import UserTurnProcessor  # noqa: E402
 from pipecat.turns.user_turn_strategies import UserTurnStrategies  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
-from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar  # noqa: E402
-from engine.render_workers import RenderWorkers  # noqa: E402
-from integrations.face import LocalFace, RemoteFace  # noqa: E402
-from integrations.pipecat import EmoliveVideoService, FliteTTSService  # noqa: E402
+from emolive.engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar  # noqa: E402
+from emolive.engine.render_workers import RenderWorkers  # noqa: E402
+from emolive.integrations.face import LocalFace, RemoteFace  # noqa: E402
+from emolive.integrations.pipecat import EmoliveVideoService, FliteTTSService  # noqa: E402
 
 PAGE = Path(__file__).with_name("pipecat_bot.html")
 GREETING = ("Hello! I am a Pipecat bot, and emolive is my face. Everything I say is spoken by a "
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="face size in pixels")
     args = parser.parse_args()
     if args.host in ("127.0.0.1", "localhost", "::1"):
-        from server.webrtc import enable_loopback_candidates
+        from emolive.server.webrtc import enable_loopback_candidates
 
         enable_loopback_candidates()  # a browser on this machine may have no other route to us
     uvicorn.run(create_app(args.server, args.size), host=args.host, port=args.port, log_level="warning")

@@ -46,8 +46,8 @@ def emolive_server(url: str | None, motion: str) -> Iterator[str]:
         return
     import tempfile
 
-    from server.config import Settings
-    from server.testing import BackgroundServer
+    from emolive.server.config import Settings
+    from emolive.server.testing import BackgroundServer
 
     with tempfile.TemporaryDirectory() as data, BackgroundServer(Settings(data_dir=Path(data), motion=motion,
                                                                           ice_loopback=True)) as server:
@@ -58,7 +58,7 @@ async def speak(server: str, pcm: np.ndarray, rate: int, output: Path) -> dict:
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from websockets.asyncio.client import connect
 
-    from server.webrtc import enable_loopback_candidates
+    from emolive.server.webrtc import enable_loopback_candidates
 
     enable_loopback_candidates()  # a server on this machine may be reachable on loopback only
     session = post_json(f"{server}/v1/sessions", {"mode": "tts"})
@@ -135,7 +135,7 @@ async def speak(server: str, pcm: np.ndarray, rate: int, output: Path) -> dict:
 
 
 def save_mp4(path: Path, frames: list[np.ndarray], voice: np.ndarray) -> None:
-    from engine.video import Mp4Writer
+    from emolive.engine.video import Mp4Writer
 
     if not frames:
         return
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("face.mp4"), help="where to save what came back")
     args = parser.parse_args()
 
-    from training.tts import synthesize
+    from emolive.training.tts import synthesize
 
     speech = synthesize(args.text, args.voice)
     pcm = np.clip(np.round(speech.audio * 32767.0), -32768, 32767).astype(np.int16)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.motion.graph_files import DEFAULT_OPSET, GraphFile
+from emolive.engine.motion.graph_files import DEFAULT_OPSET, GraphFile
 
 
 # name -> "module:function".
 EXPORTERS: dict[str, str] = {
-    "denoiser": "export.denoiser:export_denoiser",
+    "denoiser": "emolive.export.denoiser:export_denoiser",
 }
 
 

@@ -5,7 +5,7 @@ remote ``emolive serve``.
 Both sources give one ordered stream (:meth:`Face.stream`): a :class:`FaceFrame` every 40 ms
 (the picture and the 40 ms of voice that belong to it: silence when idle) and a
 :class:`PlaybackEvent` right after the frame it happened at. The frameworks' adapters
-(:mod:`integrations.pipecat`, :mod:`integrations.livekit`) only translate that stream.
+(:mod:`emolive.integrations.pipecat`, :mod:`emolive.integrations.livekit`) only translate that stream.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
-from engine.motion_space import FPS
-from engine.formats import VOICE_RATE, VOICE_SAMPLES_PER_FRAME
+from emolive.engine.motion_space import FPS
+from emolive.engine.formats import VOICE_RATE, VOICE_SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:
-    from engine.render_workers import RenderWorkers
+    from emolive.engine.render_workers import RenderWorkers
 
 log = logging.getLogger("emolive.integrations")
 
@@ -99,16 +99,16 @@ class _Ordered:
 
 
 class LocalFace:
-    """The engine in this process: one :class:`engine.session.Session`, realtime.
+    """The engine in this process: one :class:`emolive.engine.session.Session`, realtime.
 
     ``render_workers`` says where the frames are rendered: a number of worker processes the
-    face starts for itself (plus a spare, see :class:`engine.render_workers.RenderWorkers`), a
+    face starts for itself (plus a spare, see :class:`emolive.engine.render_workers.RenderWorkers`), a
     pool shared with other faces (a bot server starts one at startup, so a call does not wait
     for processes; the face does not close it), or 0: a thread of this process. Worker
     processes keep renders off the agent's interpreter, which also paces its transport's audio:
     a render waiting there for the interpreter lock delays voice packets, and the listener's
     jitter buffer grows. Spawning them needs ``if __name__ == "__main__"`` in the main script.
-    ``rig`` is a prepared avatar (``engine.offline.prepare_avatar``), to skip preparing it.
+    ``rig`` is a prepared avatar (``emolive.engine.offline.prepare_avatar``), to skip preparing it.
     """
 
     def __init__(self, portrait: str | Path | None = None, *, size: int = 512, motion: str = "baseline",
@@ -131,11 +131,11 @@ class LocalFace:
         return float(self._session.latency_ms) if self._session is not None else float("nan")
 
     async def start(self) -> None:
-        from engine.motion.registry import create_motion_model
-        from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
-        from engine.render_workers import RenderWorkers
-        from engine.session import Session
-        from engine.session_types import SessionOptions
+        from emolive.engine.motion.registry import create_motion_model
+        from emolive.engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+        from emolive.engine.render_workers import RenderWorkers
+        from emolive.engine.session import Session
+        from emolive.engine.session_types import SessionOptions
 
         if self._rig is None:
             portrait = self._portrait or DEFAULT_PORTRAIT

@@ -15,8 +15,8 @@
   it asks LiveKit to dispatch an avatar job into the room and routes the agent's voice to it
   over a data stream (``DataStreamAudioOutput``).
 
-The face comes from the engine in the process (:class:`~integrations.face.LocalFace`) or from
-a remote ``emolive serve`` (:class:`~integrations.face.RemoteFace`). Needs
+The face comes from the engine in the process (:class:`~emolive.integrations.face.LocalFace`) or from
+a remote ``emolive serve`` (:class:`~emolive.integrations.face.RemoteFace`). Needs
 ``pip install emolive[livekit]``.
 """
 
@@ -45,9 +45,9 @@ try:
         VideoGenerator,
     )
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
-    raise ImportError(f"integrations.livekit needs LiveKit Agents: pip install 'emolive[livekit]' ({error})") from error
+    raise ImportError(f"emolive.integrations.livekit needs LiveKit Agents: pip install 'emolive[livekit]' ({error})") from error
 
-from integrations.face import FPS, VOICE_RATE, Face, FaceFrame
+from emolive.integrations.face import FPS, VOICE_RATE, Face, FaceFrame
 
 __all__ = ["AVATAR_AGENT_NAME", "EmoliveAvatarSession", "EmoliveVideoGenerator", "avatar_options", "avatar_server",
            "start_local_avatar"]

@@ -44,9 +44,9 @@ try:
     from pipecat.services.settings import ServiceSettings, TTSSettings
     from pipecat.services.tts_service import TTSService
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
-    raise ImportError(f"integrations.pipecat needs Pipecat: pip install 'emolive[pipecat]' ({error})") from error
+    raise ImportError(f"emolive.integrations.pipecat needs Pipecat: pip install 'emolive[pipecat]' ({error})") from error
 
-from integrations.face import VOICE_RATE, Face, FaceFrame, LocalFace, RemoteFace
+from emolive.integrations.face import VOICE_RATE, Face, FaceFrame, LocalFace, RemoteFace
 
 __all__ = ["EmoliveVideoService", "FliteTTSService"]
 
@@ -56,7 +56,7 @@ class EmoliveVideoService(AIService):
 
     ``server`` set: a session on that ``emolive serve`` (its WebSocket API); otherwise the
     engine runs in this process (``portrait``, ``size``, ``motion``; it renders in a worker
-    process it spawns, see :class:`~integrations.face.LocalFace`). ``face`` overrides both.
+    process it spawns, see :class:`~emolive.integrations.face.LocalFace`). ``face`` overrides both.
     """
 
     def __init__(self, *, server: str | None = None, portrait: str | Path | None = None, size: int = 512,
@@ -150,7 +150,7 @@ class EmoliveVideoService(AIService):
 
 
 class FliteTTSService(TTSService):
-    """Text to speech on this machine with CMU Flite or espeak-ng (``training.tts``):
+    """Text to speech on this machine with CMU Flite or espeak-ng (``emolive.training.tts``):
     ``voice`` is ``"flite:slt"``, ``"espeak-ng:en-us"``, ... No key, no network."""
 
     def __init__(self, *, voice: str = "flite:slt", **kwargs: Any) -> None:
@@ -162,7 +162,7 @@ class FliteTTSService(TTSService):
         return True
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        from training.tts import synthesize
+        from emolive.training.tts import synthesize
 
         if not text.strip():
             return

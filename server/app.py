@@ -20,19 +20,19 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-import client_demo
-from engine.errors import BadInputError
-from engine.motion.registry import parse_spec
-from engine.formats import FPS, FRAME_SIZE
-from engine.render_workers import RenderWorkers
-from engine.session import share_cores_between_sessions
-from server.avatars import DEFAULT_ID, AvatarStore
-from server.config import Settings
-from server.docs import add_offline_docs
-from server.errors import ApiError, error_responses, not_found
-from server.metrics import Metrics
-from server.security import RequestGuard, api_key_dependency, redact_server_logs, session_bearer
-from server.sessions import LiveSession, SessionParams, SessionRegistry
+from emolive import client_demo
+from emolive.engine.errors import BadInputError
+from emolive.engine.motion.registry import parse_spec
+from emolive.engine.formats import FPS, FRAME_SIZE
+from emolive.engine.render_workers import RenderWorkers
+from emolive.engine.session import share_cores_between_sessions
+from emolive.server.avatars import DEFAULT_ID, AvatarStore
+from emolive.server.config import Settings
+from emolive.server.docs import add_offline_docs
+from emolive.server.errors import ApiError, error_responses, not_found
+from emolive.server.metrics import Metrics
+from emolive.server.security import RequestGuard, api_key_dependency, redact_server_logs, session_bearer
+from emolive.server.sessions import LiveSession, SessionParams, SessionRegistry
 
 log = logging.getLogger("emolive.server")
 DEMO_DIR = Path(client_demo.__file__).resolve().parent
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.render_processes:
             registry.render_workers = await asyncio.to_thread(RenderWorkers, settings.render_processes)
         if settings.loopback_candidates:
-            from server.webrtc import enable_loopback_candidates
+            from emolive.server.webrtc import enable_loopback_candidates
 
             enable_loopback_candidates()
         await asyncio.to_thread(store.ensure_default)
@@ -258,14 +258,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/sessions/{session_id}/offer", tags=["sessions"],
               responses=error_responses(400, 401, 403, 404, 413, 422))
     async def offer(body: Offer, live: LiveSession = Depends(session_auth)) -> dict:
-        from server.webrtc import answer_offer
+        from emolive.server.webrtc import answer_offer
 
         answer = await answer_offer(live, body.sdp, body.type, settings, metrics)
         return {"sdp": answer.sdp, "type": answer.type}
 
     @app.websocket("/v1/sessions/{session_id}/ws")
     async def session_ws(websocket: WebSocket, session_id: str) -> None:
-        from server.ws import session_websocket
+        from emolive.server.ws import session_websocket
 
         await session_websocket(websocket, session_id, registry)
 

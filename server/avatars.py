@@ -23,11 +23,11 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.avatar import register_avatar
-from engine.errors import BadInputError
-from engine.offline import DEFAULT_PORTRAIT
-from engine.rig import Rig, build_rig
-from server.errors import ApiError
+from emolive.engine.avatar import register_avatar
+from emolive.engine.errors import BadInputError
+from emolive.engine.offline import DEFAULT_PORTRAIT
+from emolive.engine.rig import Rig, build_rig
+from emolive.server.errors import ApiError
 
 DEFAULT_ID = "default"
 REGISTER_SIZE = 512

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.motion.backends import check_backend
-from engine.motion.registry import LIVE_MOTION_MODEL
+from emolive.engine.motion.backends import check_backend
+from emolive.engine.motion.registry import LIVE_MOTION_MODEL
 
 _TRUE = {"1", "true", "yes", "on"}
 

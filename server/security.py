@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from server.config import Settings, normalize_origin
-from server.errors import ApiError
+from emolive.server.config import Settings, normalize_origin
+from emolive.server.errors import ApiError
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 UPLOAD_PATH = "/v1/avatars"

@@ -1,6 +1,6 @@
 """Live sessions: the registry (limits, tokens, expiry) and each session's lifecycle.
 
-A :class:`LiveSession` wraps one ``engine.session.Session``. Exactly one task consumes
+A :class:`LiveSession` wraps one ``emolive.engine.session.Session``. Exactly one task consumes
 ``Session.frames()`` and fans every frame out to the session's sinks (the WebRTC video and
 audio tracks, WebSocket subscribers), so every output shares the engine's clock. A second
 task fans ``Session.events()`` out to listeners.
@@ -26,17 +26,17 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.motion.batching import BatchingConfig, MotionBatcher
-from engine.formats import FRAME_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE
-from engine.motion.registry import MOTION_MODELS, create_motion_model
-from engine.render_workers import RenderWorkerError, RenderWorkers
-from engine.motion_space import MotionControls
-from engine.session import Session
-from engine.session_types import SessionEvent, SessionFrame, SessionOptions
-from server.avatars import DEFAULT_ID, AvatarStore
-from server.config import Settings
-from server.errors import ApiError, not_found
-from server.metrics import Metrics
+from emolive.engine.motion.batching import BatchingConfig, MotionBatcher
+from emolive.engine.formats import FRAME_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE
+from emolive.engine.motion.registry import MOTION_MODELS, create_motion_model
+from emolive.engine.render_workers import RenderWorkerError, RenderWorkers
+from emolive.engine.motion_space import MotionControls
+from emolive.engine.session import Session
+from emolive.engine.session_types import SessionEvent, SessionFrame, SessionOptions
+from emolive.server.avatars import DEFAULT_ID, AvatarStore
+from emolive.server.config import Settings
+from emolive.server.errors import ApiError, not_found
+from emolive.server.metrics import Metrics
 
 log = logging.getLogger("emolive.server")
 

@@ -11,7 +11,7 @@ import time
 
 import uvicorn
 
-from server.config import Settings
+from emolive.server.config import Settings
 
 LOOPS = ("asyncio", "uvloop")
 
@@ -20,7 +20,7 @@ class BackgroundServer:
     """``with BackgroundServer(settings) as srv: srv.url`` -> ``http://127.0.0.1:PORT``."""
 
     def __init__(self, settings: Settings, port: int = 0, log_level: str = "warning", loop: str = "asyncio") -> None:
-        from server.app import create_app
+        from emolive.server.app import create_app
 
         self.settings = settings
         self.app = create_app(settings)

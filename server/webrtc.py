@@ -7,7 +7,7 @@ share its clock: video pts = ``frame.index`` on a 90 kHz clock, audio pts = samp
 When VP8 and Opus are negotiated (every browser offers both), the tracks hand aiortc packets
 instead of raw frames: the VP8 packets the engine session encodes with each render (in its
 render job, so in a render worker process when the server has them) and Opus packets encoded
-here, both by the encoders of ``engine.media`` (a fraction of the CPU of aiortc's own). aiortc tells only its own encoder about keyframe requests
+here, both by the encoders of ``emolive.engine.media`` (a fraction of the CPU of aiortc's own). aiortc tells only its own encoder about keyframe requests
 (PLI/FIR) and the receiver's bandwidth estimate (REMB), and has no public hook for them;
 :func:`_forward_feedback` wraps the video sender's RTCP handler so the track hears them and
 passes them to the session. Any other codec gets raw frames, encoded by aiortc.
@@ -35,13 +35,13 @@ from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPack
 from aiortc.sdp import SessionDescription
 from aiortc.stats import RTCTransportStats
 
-from server.config import Settings
-from server.errors import ApiError
-from engine.formats import VOICE_RATE
-from engine.media import (OPUS_FRAME, VIDEO_TIME_BASE, VOICE_TIME_BASE, VP8_START_BITRATE, OpusEncoder, video_pts,
+from emolive.server.config import Settings
+from emolive.server.errors import ApiError
+from emolive.engine.formats import VOICE_RATE
+from emolive.engine.media import (OPUS_FRAME, VIDEO_TIME_BASE, VOICE_TIME_BASE, VP8_START_BITRATE, OpusEncoder, video_pts,
                           yuv420p_frame)
-from server.metrics import Metrics
-from server.sessions import LiveSession
+from emolive.server.metrics import Metrics
+from emolive.server.sessions import LiveSession
 
 log = logging.getLogger("emolive.server")
 

@@ -18,10 +18,10 @@ import numpy as np
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from engine.motion_space import CHANNELS, FPS
-from engine.formats import VOICE_RATE
-from server.errors import ApiError
-from server.sessions import LiveSession, SessionRegistry
+from emolive.engine.motion_space import CHANNELS, FPS
+from emolive.engine.formats import VOICE_RATE
+from emolive.server.errors import ApiError
+from emolive.server.sessions import LiveSession, SessionRegistry
 
 log = logging.getLogger("emolive.server")
 

@@ -33,7 +33,7 @@ def emolive_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("emolive")
-    return [found] if found else [sys.executable, "-m", "cli.main"]
+    return [found] if found else [sys.executable, "-m", "emolive.cli.main"]
 
 
 def run_emolive(*args: str | os.PathLike, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -78,7 +78,7 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _speak(voice: str, work_dir: Path, name: str) -> Speech:
-    from training.tts import available_voices, synthesize
+    from emolive.training.tts import available_voices, synthesize
 
     if voice not in available_voices():
         pytest.skip(f"TTS voice {voice} is not installed")
@@ -142,6 +142,6 @@ def render_lively(work_dir: Path, speech_slt: Speech) -> Path:
 @pytest.fixture(scope="session")
 def avatar_and_rig():
     """The bundled portrait registered at 512 px (as `emolive render` does) and its rig."""
-    from engine.offline import RenderOptions, prepare_avatar
+    from emolive.engine.offline import RenderOptions, prepare_avatar
 
     return prepare_avatar(PORTRAIT, RenderOptions())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio import (
+from emolive.engine.audio import (
     FEATURE_MEAN,
     FEATURE_STD,
     HOP,
@@ -34,7 +34,7 @@ from engine.audio import (
     to_mono_16k,
     video_frame_features,
 )
-from engine.errors import BadInputError
+from emolive.engine.errors import BadInputError
 
 
 def sine(freq: float, seconds: float, rate: int, channels: int = 1, amp: float = 0.5) -> np.ndarray:

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import avatar, face_detection
-from engine.avatar import Avatar, default_cache_dir, register_avatar
-from engine.errors import BadInputError
-from engine.portrait import load_portrait
+from emolive.engine import avatar, face_detection
+from emolive.engine.avatar import Avatar, default_cache_dir, register_avatar
+from emolive.engine.errors import BadInputError
+from emolive.engine.portrait import load_portrait
 
 ASTRONAUT = Path(avatar.__file__).parent / "assets" / "astronaut.jpg"
 REPO = Path(__file__).resolve().parents[1]

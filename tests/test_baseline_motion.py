@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from engine.audio import SAMPLE_RATE, SILENCE_FEATURE, log_mel, video_frame_features
-from engine.motion import MotionModel, generate
-from engine.motion.baseline import BaselineMotion
-from engine.motion_space import FPS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from emolive.engine.audio import SAMPLE_RATE, SILENCE_FEATURE, log_mel, video_frame_features
+from emolive.engine.motion import MotionModel, generate
+from emolive.engine.motion.baseline import BaselineMotion
+from emolive.engine.motion_space import FPS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 ROTATIONS = ["headPitch", "headYaw", "headRoll"]

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from server.config import Settings
-from server.testing import LOOPS, BackgroundServer
+from emolive.server.config import Settings
+from emolive.server.testing import LOOPS, BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The hand-built baseline: always installed and deterministic. These tests judge the server
@@ -49,7 +49,7 @@ def chromium_args(fake_mic: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """Lead silence + flite slt speech as a 48 kHz 16-bit mono WAV; returns (path, speech end s)."""
-    from training.tts import available_voices, synthesize
+    from emolive.training.tts import available_voices, synthesize
 
     if "flite:slt" not in available_voices():
         pytest.skip("flite slt is not installed")
@@ -124,7 +124,7 @@ def test_puppet_mode_in_chromium(server: BackgroundServer, fake_mic: tuple[Path,
     assert video["presented"] > 0
     assert session_id not in server.app.state.registry  # the page's DELETE ended it
 
-    from training.mouth_tracker import track_frames
+    from emolive.training.mouth_tracker import track_frames
 
     times = np.array([c["t"] / 1000 for c in captures])
     frames = [cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(c["data"].split(",", 1)[1]), np.uint8),

@@ -3,7 +3,7 @@ Python API) on the demo page's TTS path against a real server on 127.0.0.1 — v
 streamed over the session WebSocket, face and voice back over WebRTC — for 20 s so that the
 jitter buffers and Chromium's A/V alignment (from the RTCP sender reports) settle.
 
-The measurement is ``bench.avsync`` (also ``emolive bench avsync``): mouth darkness of every
+The measurement is ``emolive.bench.avsync`` (also ``emolive bench avsync``): mouth darkness of every
 presented frame at its display time against the voice at the time it is played, net of the
 motion model's own lag measured on the frames and voice the server sent.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.avsync import CHROMIUM, measure_avsync
-from server.config import Settings
-from server.testing import BackgroundServer
+from emolive.bench.avsync import CHROMIUM, measure_avsync
+from emolive.server.config import Settings
+from emolive.server.testing import BackgroundServer
 
 MAX_OFFSET_MS = 40.0  # about where viewers start to notice a mouth ahead of its voice
 

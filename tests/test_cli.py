@@ -15,7 +15,7 @@ import soundfile as sf
 from PIL import Image
 
 from conftest import PORTRAIT, Speech, check_ok, run_emolive
-from engine.motion_space import CHANNELS, HEAD_LIMITS, HEAD_POSE
+from emolive.engine.motion_space import CHANNELS, HEAD_LIMITS, HEAD_POSE
 
 FRAME_S = 0.04  # one row / frame per 40 ms at the default 25 fps
 
@@ -240,7 +240,7 @@ def _subparsers(parser):
 
 def _command_paths() -> list[tuple[str, ...]]:
     """Every command and subcommand the real parser has, so a new one needs help too."""
-    from cli.main import build_parser
+    from emolive.cli.main import build_parser
 
     paths, stack = [], [((), build_parser())]
     while stack:
@@ -254,7 +254,7 @@ def _command_paths() -> list[tuple[str, ...]]:
 
 def _parser_options(path: tuple[str, ...]) -> set[str]:
     """Every option string the real parser defines at ``path`` (so new options need help too)."""
-    from cli.main import build_parser
+    from emolive.cli.main import build_parser
 
     parser = build_parser()
     for name in path:

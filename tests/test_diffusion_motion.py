@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio import SAMPLE_RATE, SILENCE_FEATURE, log_mel, video_frame_features
-from engine.motion import MotionModel, generate
-from engine.motion.diffusion import DiffusionMotion, default_weights, load_model, save_model
-from engine.motion.dit import DiTConfig, MotionDiT
-from engine.motion.registry import DEFAULT_MOTION_MODEL, create_motion_model, parse_spec
-from engine.motion.sampler import euler_step, sample, time_grid
-from engine.motion_space import FPS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from emolive.engine.audio import SAMPLE_RATE, SILENCE_FEATURE, log_mel, video_frame_features
+from emolive.engine.motion import MotionModel, generate
+from emolive.engine.motion.diffusion import DiffusionMotion, default_weights, load_model, save_model
+from emolive.engine.motion.dit import DiTConfig, MotionDiT
+from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, create_motion_model, parse_spec
+from emolive.engine.motion.sampler import euler_step, sample, time_grid
+from emolive.engine.motion_space import FPS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
 torch.set_num_threads(1)
 
@@ -33,11 +33,11 @@ def silence(seconds: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def speech():
     """flite slt saying a sentence with closures (features, phones)."""
-    from training.tts import available_voices, synthesize
+    from emolive.training.tts import available_voices, synthesize
 
     if "flite:slt" not in available_voices():
         pytest.skip("flite is not installed")
-    from training.augment import to_16k
+    from emolive.training.augment import to_16k
 
     utt = synthesize("Maybe a bumpy bus ride calms my mind, and then we move on to the pub.", "flite:slt")
     return features_of(to_16k(utt.audio, utt.rate)), utt.phones

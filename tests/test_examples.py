@@ -11,9 +11,9 @@ import av
 import pytest
 import soundfile as sf
 
-from server.config import Settings
-from server.testing import BackgroundServer
-from training.tts import synthesize
+from emolive.server.config import Settings
+from emolive.server.testing import BackgroundServer
+from emolive.training.tts import synthesize
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "ws_client.py"
 TTS_TO_FACE = Path(__file__).parents[1] / "examples" / "tts_to_face.py"

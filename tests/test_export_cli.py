@@ -11,14 +11,14 @@ from conftest import run_emolive
 
 
 def test_providers_are_chosen_best_first():
-    from engine.motion.backends import choose_providers
+    from emolive.engine.motion.backends import choose_providers
 
     assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
 def test_trt_is_refused_clearly_where_unavailable(tmp_path):
-    from engine.motion.tensorrt import unavailable_reason
+    from emolive.engine.motion.tensorrt import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("tensorrt and a CUDA GPU are present: `export trt` would build engines")
@@ -29,9 +29,9 @@ def test_trt_is_refused_clearly_where_unavailable(tmp_path):
 
 
 def test_unavailable_exporters_are_reported_not_crashed():
-    from export.registry import EXPORTERS, ExporterUnavailable, get_exporter, register
+    from emolive.export.registry import EXPORTERS, ExporterUnavailable, get_exporter, register
 
-    register("missing-for-test", "export.no_such_module:export")
+    register("missing-for-test", "emolive.export.no_such_module:export")
     try:
         with pytest.raises(ExporterUnavailable):
             get_exporter("missing-for-test")
@@ -41,7 +41,7 @@ def test_unavailable_exporters_are_reported_not_crashed():
 
 @pytest.mark.parametrize("path", [("export",), ("export", "onnx"), ("export", "trt")], ids=" ".join)
 def test_every_export_option_is_explained(path):
-    from cli.main import build_parser
+    from emolive.cli.main import build_parser
 
     parser = build_parser()
     for name in path:

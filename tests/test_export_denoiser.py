@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from conftest import run_emolive
-from engine.audio import SILENCE_FEATURE, log_mel, video_frame_features
-from engine.motion import generate
-from engine.motion.backends import BackendUnavailable, DenoiserInputs, OnnxDenoiser, TorchDenoiser, unavailable_reason
-from engine.motion.batching import MotionBatcher
-from engine.motion.diffusion import DiffusionMotion, default_weights, load_cached, step_batch
-from engine.motion.registry import create_motion_model
-from engine.motion_space import NUM_CHANNELS, MotionControls
+from emolive.engine.audio import SILENCE_FEATURE, log_mel, video_frame_features
+from emolive.engine.motion import generate
+from emolive.engine.motion.backends import BackendUnavailable, DenoiserInputs, OnnxDenoiser, TorchDenoiser, unavailable_reason
+from emolive.engine.motion.batching import MotionBatcher
+from emolive.engine.motion.diffusion import DiffusionMotion, default_weights, load_cached, step_batch
+from emolive.engine.motion.registry import create_motion_model
+from emolive.engine.motion_space import NUM_CHANNELS, MotionControls
 
 pytestmark = pytest.mark.timeout(180)
 torch.set_num_threads(1)  # two threads on two shared cores only slow small models down
@@ -42,7 +42,7 @@ def student_model():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from engine.motion.onnx_graph import export_denoiser_for_weights
+    from emolive.engine.motion.onnx_graph import export_denoiser_for_weights
 
     return export_denoiser_for_weights(default_weights("student"), tmp_path_factory.mktemp("denoiser"))
 
@@ -55,8 +55,8 @@ def onnx_denoiser(exported) -> OnnxDenoiser:
 @pytest.fixture(scope="module")
 def features() -> np.ndarray:
     """About 4 s of flite slt speech as video-frame features."""
-    from training.augment import to_16k
-    from training.tts import available_voices, synthesize
+    from emolive.training.augment import to_16k
+    from emolive.training.tts import available_voices, synthesize
 
     if "flite:slt" not in available_voices():
         pytest.skip("flite is not installed")
@@ -83,7 +83,7 @@ def _rows(inputs: DenoiserInputs, index: np.ndarray) -> DenoiserInputs:
 def test_graph_passes_checker_and_documents_its_io(exported, student_model):
     import onnx
 
-    from engine.motion.onnx_graph import INPUT_NAMES, OUTPUT_NAME
+    from emolive.engine.motion.onnx_graph import INPUT_NAMES, OUTPUT_NAME
 
     onnx.checker.check_model(str(exported.path), full_check=True)
     model = onnx.shape_inference.infer_shapes(onnx.load(str(exported.path)), check_type=True, strict_mode=True)
@@ -110,7 +110,7 @@ def test_graph_passes_checker_and_documents_its_io(exported, student_model):
 
 
 def test_export_is_cached_by_content_hash(exported, tmp_path):
-    from engine.motion.onnx_graph import export_denoiser_for_weights
+    from emolive.engine.motion.onnx_graph import export_denoiser_for_weights
 
     again = export_denoiser_for_weights(default_weights("student"), exported.path.parent)
     assert again.cached and again.path == exported.path
@@ -127,7 +127,7 @@ def test_export_is_cached_by_content_hash(exported, tmp_path):
 
 
 def test_random_inputs_match_torch_at_batch_sizes_1_to_8(onnx_denoiser, student_model):
-    from engine.motion.onnx_graph import random_inputs
+    from emolive.engine.motion.onnx_graph import random_inputs
 
     torch_denoiser = TorchDenoiser(student_model)
     for batch in range(1, 9):
@@ -146,8 +146,8 @@ def test_graph_rewrite_is_the_modules_function(config):
     """GraphDiT (the traced rewrite) against MotionDiT.forward, in torch, for configurations
     besides the shipped one, with every weight random (adaLN-Zero's zeros would hide the
     modulation, the mean/std buffers are not part of the graph)."""
-    from engine.motion.dit import DiTConfig, MotionDiT
-    from engine.motion.onnx_graph import GraphDiT, random_inputs
+    from emolive.engine.motion.dit import DiTConfig, MotionDiT
+    from emolive.engine.motion.onnx_graph import GraphDiT, random_inputs
 
     torch.manual_seed(0)
     model = MotionDiT(DiTConfig(**config)).eval()
@@ -280,8 +280,8 @@ def test_motion_batcher_gathers_concurrent_steps(features):
 
 
 def test_sessions_sharing_a_batcher_stream_what_they_stream_alone(features):
-    from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
-    from engine.session import Session, SessionOptions
+    from emolive.engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+    from emolive.engine.session import Session, SessionOptions
 
     _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=128))
     samples = (0.3 * np.sin(np.arange(2 * 16000) * 0.05)).astype(np.float32)
@@ -350,8 +350,8 @@ def test_tensorrt_backend_is_refused_clearly_where_unavailable(tmp_path):
 
 
 def test_server_sessions_run_the_student_on_onnxruntime_in_one_batcher(tmp_path):
-    from server.config import Settings
-    from server.testing import BackgroundServer
+    from emolive.server.config import Settings
+    from emolive.server.testing import BackgroundServer
 
     settings = Settings(data_dir=tmp_path, motion="student", motion_backend="onnxruntime", motion_batching=True,
                         max_sessions=2, idle_timeout_s=60)

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.motion_space import INDEX, NUM_CHANNELS
-from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
-from engine.render import Renderer
+from emolive.engine.motion_space import INDEX, NUM_CHANNELS
+from emolive.engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+from emolive.engine.render import Renderer
 
 STREAK_ROWS = 8  # a run this long of identical rows or columns at an edge is a visible streak
 

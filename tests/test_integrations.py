@@ -26,10 +26,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from integrations.face import FaceFrame, LocalFace, PlaybackEvent, RemoteFace
-from server.config import Settings
-from server.testing import BackgroundServer
-from training.tts import synthesize
+from emolive.integrations.face import FaceFrame, LocalFace, PlaybackEvent, RemoteFace
+from emolive.server.config import Settings
+from emolive.server.testing import BackgroundServer
+from emolive.training.tts import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 INTEGRATIONS_PYTHON = ROOT / ".venv-integrations" / "bin" / "python"
@@ -177,7 +177,7 @@ class RunnerHarness:
         from livekit import rtc
         from livekit.agents.voice.avatar import AvatarRunner, QueueAudioOutput
 
-        from integrations.livekit import EmoliveVideoGenerator, avatar_options
+        from emolive.integrations.livekit import EmoliveVideoGenerator, avatar_options
 
         self.generator = EmoliveVideoGenerator(face)
         self.audio_out = QueueAudioOutput(sample_rate=24000)
@@ -333,7 +333,7 @@ def test_pipecat_pipeline_faces_the_voice_and_stops_on_interruption(mode, reques
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
-    from integrations.pipecat import EmoliveVideoService, FliteTTSService
+    from emolive.integrations.pipecat import EmoliveVideoService, FliteTTSService
 
     class Sink(FrameProcessor):
         def __init__(self) -> None:

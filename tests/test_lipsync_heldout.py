@@ -14,13 +14,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine.audio import log_mel, video_frame_features
-from engine.motion import generate
-from engine.motion.baseline import BaselineMotion
-from engine.motion.registry import create_motion_model
-from engine.motion_space import MotionControls
-from training.evaluate import ModelScores, score_track
-from training.tts import available_voices
+from emolive.engine.audio import log_mel, video_frame_features
+from emolive.engine.motion import generate
+from emolive.engine.motion.baseline import BaselineMotion
+from emolive.engine.motion.registry import create_motion_model
+from emolive.engine.motion_space import MotionControls
+from emolive.training.evaluate import ModelScores, score_track
+from emolive.training.tts import available_voices
 
 torch.set_num_threads(1)
 
@@ -35,8 +35,8 @@ MIN_REAL_R = 0.65
 
 @pytest.fixture(scope="module")
 def held_out_clips():
-    from training.corpus import plan_corpus, run_jobs
-    from training.tts import Phone
+    from emolive.training.corpus import plan_corpus, run_jobs
+    from emolive.training.tts import Phone
 
     plan = plan_corpus(0, seed=0, eval_per_group=2)
     missing = {j.voice.partition("+")[0] for j in plan.eval} - set(available_voices())
@@ -85,7 +85,7 @@ def test_student_beats_the_baseline(held_out_clips, student_scores: ModelScores)
 
 
 def test_student_lip_syncs_real_recorded_speech(record_property) -> None:
-    from training.realspeech import arctic_clip
+    from emolive.training.realspeech import arctic_clip
 
     clip = arctic_clip()
     if clip is None:
@@ -104,10 +104,10 @@ def test_student_lip_syncs_real_recorded_speech(record_property) -> None:
 def test_rendered_video_follows_held_out_voice(tmp_path: Path, record_property) -> None:
     """`emolive render --motion student` of a held-out voice, tracked by MediaPipe."""
     from conftest import PORTRAIT, check_ok, run_emolive
-    from training.corpus import EVAL_SENTENCES
-    from training.mouth_tracker import best_offset_correlation, track_video
-    from training.tts import synthesize
-    from training.visemes import openness
+    from emolive.training.corpus import EVAL_SENTENCES
+    from emolive.training.mouth_tracker import best_offset_correlation, track_video
+    from emolive.training.tts import synthesize
+    from emolive.training.visemes import openness
 
     if "flite:awb" not in available_voices():
         pytest.skip("flite awb is not installed")

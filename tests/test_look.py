@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from cli.look_sheet import POSES, TILE, closeup_path
+from emolive.cli.look_sheet import POSES, TILE, closeup_path
 from conftest import ROOT, PORTRAIT, check_ok, run_emolive
-from engine import face_topology as topo
-from engine.motion_space import INDEX, MotionControls, rest_frame
-from engine.offline import RenderOptions, audio_to_motion, prepare_avatar
-from engine.render import Renderer
+from emolive.engine import face_topology as topo
+from emolive.engine.motion_space import INDEX, MotionControls, rest_frame
+from emolive.engine.offline import RenderOptions, audio_to_motion, prepare_avatar
+from emolive.engine.render import Renderer
 
 PORTRAITS = ROOT / "tests" / "portraits"
 TIGHT = [PORTRAITS / "astronaut_tight.jpg", PORTRAITS / "hopper_tight.jpg"]
@@ -230,7 +230,7 @@ def test_look_sheet_command(tmp_path: Path) -> None:
 def _worst_jacobian(renderer: Renderer, motion: np.ndarray) -> float:
     """The smallest area ratio of the rig's forward map over its coarse grid: below 0 the warp
     folds skin over itself, which shows as rings and speckles where the inversion fails."""
-    from engine.flow import forward_flow
+    from emolive.engine.flow import forward_flow
 
     grid = renderer.rig.grid
     flow = forward_flow(grid.matrix, renderer.vertex_displacement(motion), grid.shape, grid.step)

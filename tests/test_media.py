@@ -6,8 +6,8 @@ import av
 import cv2
 import numpy as np
 
-from engine.formats import VOICE_RATE
-from engine.media import (OPUS_FRAME, VP8_MAX_BITRATE, VP8_MIN_BITRATE, Encoder, OpusEncoder, Vp8Encoder,
+from emolive.engine.formats import VOICE_RATE
+from emolive.engine.media import (OPUS_FRAME, VP8_MAX_BITRATE, VP8_MIN_BITRATE, Encoder, OpusEncoder, Vp8Encoder,
                           clamp_vp8_bitrate)
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import PORTRAIT
-from engine import face_topology as topo
-from engine.audio import load_audio
-from engine.motion_space import INDEX, rest_frame
-from engine.offline import DEFAULT_AUDIO, RenderOptions, audio_to_motion, prepare_avatar
-from engine.render import Renderer
+from emolive.engine import face_topology as topo
+from emolive.engine.audio import load_audio
+from emolive.engine.motion_space import INDEX, rest_frame
+from emolive.engine.offline import DEFAULT_AUDIO, RenderOptions, audio_to_motion, prepare_avatar
+from emolive.engine.render import Renderer
 
 HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # closed lips, an older face
 PORTRAITS = Path(__file__).parent / "portraits"

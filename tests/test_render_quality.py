@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import Speech
-from engine.motion_space import INDEX, MotionControls, rest_frame
-from training.mouth_tracker import VideoTrack, best_offset_correlation, count_blinks, track_frames, track_video
-from training.visemes import openness
+from emolive.engine.motion_space import INDEX, MotionControls, rest_frame
+from emolive.training.mouth_tracker import VideoTrack, best_offset_correlation, count_blinks, track_frames, track_video
+from emolive.training.visemes import openness
 
 FPS = 25.0
 MIN_LIP_SYNC_R = 0.5
@@ -67,7 +67,7 @@ def track_silence(render_silence: Path) -> VideoTrack:
 
 @pytest.fixture(scope="module")
 def renderer(avatar_and_rig):
-    from engine.render import Renderer
+    from emolive.engine.render import Renderer
 
     return Renderer(avatar_and_rig[1])
 
@@ -178,14 +178,14 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def lively_motion(speech_slt: Speech):
-    from engine.audio import load_audio
-    from engine.offline import RenderOptions, audio_to_motion
+    from emolive.engine.audio import load_audio
+    from emolive.engine.offline import RenderOptions, audio_to_motion
 
     return audio_to_motion(load_audio(speech_slt.wav), RenderOptions(controls=MotionControls(head_motion=2.0)))
 
 
 def test_background_is_untouched_by_the_renderer(avatar_and_rig, background, lively_motion, record_property) -> None:
-    from engine.offline import render_frames
+    from emolive.engine.offline import render_frames
 
     crop, outside = background
     head = np.degrees(lively_motion.frames[:, [INDEX["headYaw"], INDEX["headPitch"], INDEX["headRoll"]]])

@@ -23,10 +23,10 @@ from aiortc.rtcicetransport import connection_kwargs
 from websockets.asyncio.client import connect
 
 from conftest import run_emolive
-from server.config import IceServer, Settings
-from server.metrics import Metrics
-from server.testing import BackgroundServer
-from server.webrtc import rtc_configuration
+from emolive.server.config import IceServer, Settings
+from emolive.server.metrics import Metrics
+from emolive.server.testing import BackgroundServer
+from emolive.server.webrtc import rtc_configuration
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -27,9 +27,9 @@ from PIL import Image
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from engine.offline import DEFAULT_PORTRAIT
-from server.config import Settings
-from server.testing import BackgroundServer
+from emolive.engine.offline import DEFAULT_PORTRAIT
+from emolive.server.config import Settings
+from emolive.server.testing import BackgroundServer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -275,7 +275,7 @@ def test_foreign_host_header_is_refused_on_loopback(http):
 
 
 def test_host_policy_off_loopback():
-    from server.security import RequestGuard
+    from emolive.server.security import RequestGuard
 
     def allowed(host: str, **settings) -> bool:
         return RequestGuard(None, Settings(host="0.0.0.0", **settings)).host_allowed(host)
@@ -370,14 +370,14 @@ def test_openapi_declares_security_and_errors(http):
 
 
 def test_serve_refuses_a_public_address_without_a_key(tmp_path):
-    command = [sys.executable, "-m", "cli.main", "serve", "--host", "0.0.0.0", "--port", "0",
+    command = [sys.executable, "-m", "emolive.cli.main", "serve", "--host", "0.0.0.0", "--port", "0",
                "--data-dir", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("EMOLIVE_API_KEY", None)
     refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert "without an API key" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    helped = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--help"], cwd=ROOT, env=env,
+    helped = subprocess.run([sys.executable, "-m", "emolive.cli.main", "serve", "--help"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     for option in ("--api-key", "--api-key-file", "--insecure-no-api-key", "--allowed-origin", "--allowed-host",
                    "EMOLIVE_API_KEY", "EMOLIVE_ALLOWED_ORIGINS"):
@@ -402,7 +402,7 @@ def test_four_40_megapixel_uploads_keep_the_server_under_1_gb(tmp_path):
     bomb = buffer.getvalue()  # 39.7 MP, ~116 kB
     assert len(bomb) < 200_000
 
-    command = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
+    command = [sys.executable, "-m", "emolive.cli.main", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
                "--motion", "baseline", "--render-processes", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("EMOLIVE_API_KEY", None)

@@ -22,9 +22,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from websockets.asyncio.client import connect
 
-from server.config import Settings
-from server.testing import LOOPS, BackgroundServer
-from server.webrtc import enable_loopback_candidates
+from emolive.server.config import Settings
+from emolive.server.testing import LOOPS, BackgroundServer
+from emolive.server.webrtc import enable_loopback_candidates
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +50,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
-    from training.tts import available_voices, synthesize
+    from emolive.training.tts import available_voices, synthesize
 
     if "flite:slt" not in available_voices():
         pytest.skip("flite slt is not installed")
@@ -344,7 +344,7 @@ def test_a_killed_render_worker_freezes_the_video_for_a_moment_only(server):
 CLIENT = r"""
 import asyncio, sys, httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from server.webrtc import enable_loopback_candidates
+from emolive.server.webrtc import enable_loopback_candidates
 enable_loopback_candidates()
 url, sid, token = sys.argv[1:4]
 async def main():
@@ -416,7 +416,7 @@ def test_the_video_track_never_sends_a_vp8_packet_whose_reference_was_dropped():
     network falls behind and it must drop, it drops to the next keyframe, which it asks for."""
     from types import SimpleNamespace
 
-    from server.webrtc import VP8, SessionVideoTrack
+    from emolive.server.webrtc import VP8, SessionVideoTrack
 
     asked: list[str] = []
     dropped: list[int] = []
@@ -454,7 +454,7 @@ def test_keyframe_requests_and_bandwidth_estimates_reach_the_session():
 
     from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
-    from server.webrtc import VP8, SessionVideoTrack, _forward_feedback
+    from emolive.server.webrtc import VP8, SessionVideoTrack, _forward_feedback
 
     class Sender:  # the one method of RTCRtpSender that _forward_feedback wraps
         def __init__(self) -> None:

@@ -23,9 +23,9 @@ from PIL import Image
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from engine.offline import DEFAULT_PORTRAIT
-from server.config import Settings
-from server.testing import LOOPS, BackgroundServer
+from emolive.engine.offline import DEFAULT_PORTRAIT
+from emolive.server.config import Settings
+from emolive.server.testing import LOOPS, BackgroundServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +62,7 @@ def http(server: BackgroundServer):
 
 
 def _speech(text: str) -> np.ndarray:
-    from training.tts import available_voices, synthesize
+    from emolive.training.tts import available_voices, synthesize
 
     if "flite:slt" not in available_voices():
         pytest.skip("flite slt is not installed")
@@ -388,7 +388,7 @@ def test_avatar_upload_list_get_delete_and_reload(server, http):
     assert ids[0] == "default" and info["id"] in ids
     assert http.get(f"/v1/avatars/{info['id']}").json()["face_box"] == info["face_box"]
 
-    from server.avatars import AvatarStore
+    from emolive.server.avatars import AvatarStore
 
     reloaded = AvatarStore(server.settings.data_dir)  # what a restarted server sees
     assert reloaded.get(info["id"]) is not None

@@ -19,14 +19,14 @@ import pytest
 import soxr
 from scipy.signal import correlate
 
-from engine.audio import MELS_PER_FRAME, SAMPLE_RATE, StreamingLogMel, to_mono_16k
-from engine.errors import BadInputError
-from engine.motion.registry import create_motion_model
-from engine.motion_space import FPS, INDEX
-from engine.offline import DEFAULT_PORTRAIT, RenderOptions, audio_to_motion, prepare_avatar
-from engine.formats import FEATURE_SAMPLES_PER_FRAME, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
-from engine.session import FEATURE_SPILL, Session
-from engine.session_types import SessionEvent, SessionFrame, SessionOptions
+from emolive.engine.audio import MELS_PER_FRAME, SAMPLE_RATE, StreamingLogMel, to_mono_16k
+from emolive.engine.errors import BadInputError
+from emolive.engine.motion.registry import create_motion_model
+from emolive.engine.motion_space import FPS, INDEX
+from emolive.engine.offline import DEFAULT_PORTRAIT, RenderOptions, audio_to_motion, prepare_avatar
+from emolive.engine.formats import FEATURE_SAMPLES_PER_FRAME, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
+from emolive.engine.session import FEATURE_SPILL, Session
+from emolive.engine.session_types import SessionEvent, SessionFrame, SessionOptions
 
 TEXT = "Bob, my papa bought a big map of Panama. Palm trees bob above the bay."
 RATE = 22050
@@ -41,7 +41,7 @@ def rig():
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     """About 4.7 s of flite slt speech at 22.05 kHz, float32."""
-    from training.tts import available_voices, synthesize
+    from emolive.training.tts import available_voices, synthesize
 
     if "flite:slt" not in available_voices():
         pytest.skip("flite slt is not installed")
@@ -359,7 +359,7 @@ def test_a_failing_model_ends_frames_with_its_error(rig) -> None:
 
 @pytest.fixture(scope="module")
 def render_workers():
-    from engine.render_workers import RenderWorkers
+    from emolive.engine.render_workers import RenderWorkers
 
     workers = RenderWorkers(2)
     yield workers
@@ -453,7 +453,7 @@ def test_the_render_transport_reads_whole_messages_in_any_blocking_mode() -> Non
 
     import uvloop
 
-    from engine.render_workers import Channel
+    from emolive.engine.render_workers import Channel
 
     message = ("render", np.arange(30_000, dtype=np.float32), 7, None)
     data = Channel.encode(message)
@@ -488,8 +488,8 @@ def test_a_turn_starts_inside_a_read_as_soon_as_holdback_allows_and_never_runs_d
     """One frame of audio per read, pushed in uneven pieces: the turn starts in the read where
     what is pushed first exceeds what the resamplers may hold back (plus the margin), after
     silence inside that read, and from there the reader never meets a missing sample."""
-    from engine.playout import TURN_START_MARGIN, Playout, max_holdback
-    from engine.session_types import SessionStats
+    from emolive.engine.playout import TURN_START_MARGIN, Playout, max_holdback
+    from emolive.engine.session_types import SessionStats
 
     rng = np.random.default_rng(rate)
     per_read = rate // FPS
@@ -511,8 +511,8 @@ def test_a_turn_starts_inside_a_read_as_soon_as_holdback_allows_and_never_runs_d
 
 
 def test_underruns_widen_the_start_margin_and_clean_reads_narrow_it() -> None:
-    from engine.playout import MARGIN_DECAY, TURN_START_MARGIN, Playout, max_holdback
-    from engine.session_types import SessionStats
+    from emolive.engine.playout import MARGIN_DECAY, TURN_START_MARGIN, Playout, max_holdback
+    from emolive.engine.session_types import SessionStats
 
     rate, n = 48000, 48000 // FPS
     audio = (0.5 + 0.3 * np.sin(np.arange(60 * n) * 0.05)).astype(np.float32)  # never zero

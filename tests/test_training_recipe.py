@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, clip_frames
-from training.tts import Phone, available_voices
+from emolive.engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, clip_frames
+from emolive.training.tts import Phone, available_voices
 
 torch.set_num_threads(1)
 
@@ -25,8 +25,8 @@ def _phones(spec: str, step: float = 0.12) -> list[Phone]:
 
 
 def test_lip_targets_close_bilabials_tuck_fv_and_round_oo() -> None:
-    from training.evaluate import jaw_gap
-    from training.targets import lip_tracks
+    from emolive.training.evaluate import jaw_gap
+    from emolive.training.targets import lip_tracks
 
     phones = _phones("pau aa m aa pau aa f aa pau aa w uw pau")
     frames = lip_tracks(phones, int(math.ceil(phones[-1].end * 25)))
@@ -45,10 +45,10 @@ def test_lip_targets_close_bilabials_tuck_fv_and_round_oo() -> None:
 
 def test_targets_match_the_ground_truth_and_have_free_motion() -> None:
     _need("flite:slt")
-    from training.evaluate import jaw_gap
-    from training.targets import Controls, motion_targets
-    from training.tts import synthesize
-    from training.visemes import openness
+    from emolive.training.evaluate import jaw_gap
+    from emolive.training.targets import Controls, motion_targets
+    from emolive.training.tts import synthesize
+    from emolive.training.visemes import openness
 
     utt = synthesize("Bob, my papa bought a big map of Panama. Palm trees bob above the bay.", "flite:slt")
     n = int(math.ceil(utt.duration * 25))
@@ -64,7 +64,7 @@ def test_targets_match_the_ground_truth_and_have_free_motion() -> None:
 
 
 def test_free_motion_blinks_10_to_30_a_minute_head_within_5_degrees() -> None:
-    from training.targets import Controls, free_motion
+    from emolive.training.targets import Controls, free_motion
 
     for seed in range(4):
         frames = free_motion(60 * 25, Controls(), np.random.default_rng(seed))
@@ -77,8 +77,8 @@ def test_free_motion_blinks_10_to_30_a_minute_head_within_5_degrees() -> None:
 
 def test_augmentation_is_seeded_and_keeps_timing() -> None:
     _need("flite:slt")
-    from training.augment import augment
-    from training.tts import synthesize
+    from emolive.training.augment import augment
+    from emolive.training.tts import synthesize
 
     utt = synthesize("Maybe a bumpy bus ride calms my mind.", "flite:slt")
     for seed in range(6):
@@ -91,10 +91,10 @@ def test_augmentation_is_seeded_and_keeps_timing() -> None:
 
 
 def test_corpus_plan_holds_out_voices_and_a_language() -> None:
-    from training.corpus import (
+    from emolive.training.corpus import (
         CATALAN_SENTENCES, FESTIVAL_SHARE, FESTIVAL_VOICES, HELD_OUT_LANGUAGE, HELD_OUT_VOICES, plan_corpus,
     )
-    from training.tts import festival_encode
+    from emolive.training.tts import festival_encode
 
     plan = plan_corpus(400, seed=0, eval_per_group=2)
     train_voices = {j.voice for j in plan.train}
@@ -121,11 +121,11 @@ def test_corpus_plan_holds_out_voices_and_a_language() -> None:
 
 
 def test_training_windows_label_every_mel_frame_with_its_phone() -> None:
-    from engine.audio import MELS_PER_FRAME, N_MELS
-    from engine.motion.dit import DiTConfig
-    from training.corpus import Corpus
-    from training.dataset import WindowSampler
-    from training.visemes import PHONE_CLASSES
+    from emolive.engine.audio import MELS_PER_FRAME, N_MELS
+    from emolive.engine.motion.dit import DiTConfig
+    from emolive.training.corpus import Corpus
+    from emolive.training.dataset import WindowSampler
+    from emolive.training.visemes import PHONE_CLASSES
 
     phones = [Phone("pau", 0.0, 0.2), Phone("m", 0.2, 0.33), Phone("aa", 0.33, 0.61), Phone("sil", 0.61, 0.8)]
     n = 20  # video frames: 0.8 s
@@ -170,11 +170,11 @@ def test_phone_classes_are_the_same_in_every_interpreter() -> None:
 
 def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
     _need("flite:slt")
-    from engine.audio import log_mel, video_frame_features
-    from engine.motion import generate
-    from engine.motion.diffusion import DiffusionMotion
-    from engine.motion_space import MotionControls
-    from training.recipe import run_recipe
+    from emolive.engine.audio import log_mel, video_frame_features
+    from emolive.engine.motion import generate
+    from emolive.engine.motion.diffusion import DiffusionMotion
+    from emolive.engine.motion_space import MotionControls
+    from emolive.training.recipe import run_recipe
 
     metrics = run_recipe(tmp_path, seed=0, scale="smoke", log=lambda _: None)
     tr = metrics["training"]
@@ -193,7 +193,7 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
         np.testing.assert_array_equal(frames, clip_frames(frames))
     assert set(metrics["models"]) == {"baseline", "teacher", "student"}
     assert "| student |" in metrics["table"]
-    from training.evaluate import SEAL_BIASES
+    from emolive.training.evaluate import SEAL_BIASES
 
     for kind in ("teacher", "student"):
         calibration = metrics["seal_calibration"][kind]
@@ -208,10 +208,10 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
 
 def test_training_is_reproducible(tmp_path) -> None:
     _need("flite:slt")
-    from engine.motion.dit import DiTConfig
-    from training.corpus import build_corpus, load_corpus
-    from training.dataset import WindowSampler, channel_stats
-    from training.train import TrainConfig, train_teacher
+    from emolive.engine.motion.dit import DiTConfig
+    from emolive.training.corpus import build_corpus, load_corpus
+    from emolive.training.dataset import WindowSampler, channel_stats
+    from emolive.training.train import TrainConfig, train_teacher
 
     runs = []
     for k in range(2):

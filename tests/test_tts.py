@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.mouth_tracker import best_offset_correlation, count_blinks, track_video
-from training.targets import viseme_of
-from training.tts import Phone, TTSError, available_voices, festival_encode, main, synthesize
-from training.visemes import BILABIALS, OPENNESS, closure_intervals, openness
+from emolive.training.mouth_tracker import best_offset_correlation, count_blinks, track_video
+from emolive.training.targets import viseme_of
+from emolive.training.tts import Phone, TTSError, available_voices, festival_encode, main, synthesize
+from emolive.training.visemes import BILABIALS, OPENNESS, closure_intervals, openness
 
 ASSETS = Path(__file__).resolve().parents[1] / "engine" / "assets"
 TEXT = "Hello, my name is Bob. I like big apples, and I am happy to meet you. Please, bring the map."
@@ -108,7 +108,7 @@ def test_festival_voices_give_mapped_contiguous_phones(voice: str) -> None:
 
 
 def test_festival_phone_sets_map_every_phone() -> None:
-    from training.tts import _FESTIVAL_PHONESETS, _RADIO_PHONES, _RADIO_SILENCES, _festival_symbol
+    from emolive.training.tts import _FESTIVAL_PHONESETS, _RADIO_PHONES, _RADIO_SILENCES, _festival_symbol
 
     for phoneset, table in {"radio": dict.fromkeys(_RADIO_PHONES | _RADIO_SILENCES), **_FESTIVAL_PHONESETS}.items():
         for symbol in table:

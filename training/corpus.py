@@ -4,7 +4,7 @@ Text comes only from what Debian packages ship (``fortunes-min``, ``fortunes-de`
 ``fortunes-cs``, ``fortunes-ru``, the ``w*`` word lists including ``wcatalan``) and from sentences
 written here to cover the phone inventory (bilabials, labiodentals, rounded vowels, affricates;
 in English and Catalan) plus pseudo-words in the spelling of each language that has no text
-package. Voices (``training.tts``; MBROLA and svox-pico are non-free and never used):
+package. Voices (``emolive.training.tts``; MBROLA and svox-pico are non-free and never used):
 
 - train: flite ``slt``, ``kal``, ``kal16``; festival ``kal_diphone``; espeak-ng English
   (several accents) and ~25 other Latin-script languages, each with random voice variants;
@@ -21,8 +21,8 @@ package. Voices (``training.tts``; MBROLA and svox-pico are non-free and never u
   voice or language is ever synthesised for training, and the English evaluation sentences
   are disjoint from the training sentences.
 
-Each training utterance is augmented (``training.augment``) into ``copies`` versions, each with
-its own seeded motion targets (``training.targets``) and controls. Everything is seeded from
+Each training utterance is augmented (``emolive.training.augment``) into ``copies`` versions, each with
+its own seeded motion targets (``emolive.training.targets``) and controls. Everything is seeded from
 one integer: the same seed gives the same corpus, byte for byte.
 """
 
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.audio import log_mel, video_frame_features
-from engine.motion_space import FPS
-from training.augment import augment, to_16k
-from training.targets import Controls, motion_targets
-from training.tts import Phone, TTSError, Utterance, festival_encode, synthesize
+from emolive.engine.audio import log_mel, video_frame_features
+from emolive.engine.motion_space import FPS
+from emolive.training.augment import augment, to_16k
+from emolive.training.targets import Controls, motion_targets
+from emolive.training.tts import Phone, TTSError, Utterance, festival_encode, synthesize
 
 FORTUNES = Path("/usr/share/games/fortunes")
 DICT = Path("/usr/share/dict")
@@ -620,7 +620,7 @@ def repair_pauses(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Pho
     """Voiced 'pau' segments inside speech become part of the phone before them.
 
     espeak-ng reports some phonemes with no IPA name (vowel transitions, linking sounds) with an
-    empty name, which ``training.tts`` reads as silence; real pauses are quiet, these are not.
+    empty name, which ``emolive.training.tts`` reads as silence; real pauses are quiet, these are not.
     A 'pau' whose RMS is over 12 % of the utterance's loud level (90th percentile of 10 ms RMS)
     is merged into the phone before it.
     """

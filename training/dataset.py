@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.audio import MELS_PER_FRAME, SILENCE_FEATURE
-from engine.motion.diffusion import BLINK_INDEX, blink_clock, frames_since_blink_onset
-from engine.motion.dit import DiTConfig
-from training.corpus import Corpus
-from training.visemes import phone_classes
+from emolive.engine.audio import MELS_PER_FRAME, SILENCE_FEATURE
+from emolive.engine.motion.diffusion import BLINK_INDEX, blink_clock, frames_since_blink_onset
+from emolive.engine.motion.dit import DiTConfig
+from emolive.training.corpus import Corpus
+from emolive.training.visemes import phone_classes
 
 
 @dataclass

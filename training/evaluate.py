@@ -3,7 +3,7 @@
 For every evaluation clip and every model (baseline, teacher, student):
 
 - **openness r**: Pearson r between the model's mouth opening — ``jawOpen × (1 − mouthClose)``,
-  the jaw gap as the renderer seals it — and the ground truth of ``training.visemes.openness``;
+  the jaw gap as the renderer seals it — and the ground truth of ``emolive.training.visemes.openness``;
 - **closure recall**: the share of bilabial closures (runs of m/b/p ≥ 40 ms) during which the
   mouth closes: some frame overlapping the closure has a jaw gap under 0.05 (7 % of a fully
   open jaw);
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.audio import log_mel, video_frame_features
-from engine.motion import MotionModel, generate
-from engine.motion_space import FPS, INDEX, MotionControls
-from training.tts import Phone
-from training.visemes import closure_intervals, openness
+from emolive.engine.audio import log_mel, video_frame_features
+from emolive.engine.motion import MotionModel, generate
+from emolive.engine.motion_space import FPS, INDEX, MotionControls
+from emolive.training.tts import Phone
+from emolive.training.visemes import closure_intervals, openness
 
 if TYPE_CHECKING:
-    from engine.motion.diffusion import DiffusionMotion
+    from emolive.engine.motion.diffusion import DiffusionMotion
 
 CLOSED_GAP = 0.05
 MAX_LAG_FRAMES = 4
@@ -180,7 +180,7 @@ def hop_jumps(frames: np.ndarray, hop: int = 2) -> tuple[float, float]:
 
 
 def _name(i: int) -> str:
-    from engine.motion_space import CHANNELS
+    from emolive.engine.motion_space import CHANNELS
 
     return CHANNELS[i]
 

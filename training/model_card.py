@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.train import LIP_WEIGHT, SEAL_WEIGHT
+from emolive.training.train import LIP_WEIGHT, SEAL_WEIGHT
 
 
 def write_model_card(metrics: dict, path: Path) -> None:
@@ -62,7 +62,7 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "## Lip-seal calibration",
         "Sampling pins the lips' starting noise (every seed gives the same mouth); the seal channel (`mouthClose`) "
         "starts at a calibrated bias instead of 0, so a bilabial closes when the model is fairly, not more than half, "
-        "sure of it. Chosen on training voices saying unseen sentences (`training.corpus.calibration_jobs`), never "
+        "sure of it. Chosen on training voices saying unseen sentences (`emolive.training.corpus.calibration_jobs`), never "
         "on the held-out set: the smallest bias with closure recall ≥ 0.9 and ≤ 3 % of clearly open frames shut "
         "(ground-truth openness ≥ 0.3), else the best recall within that 3 %; the bias is never below 0 (the model's "
         "own sampling), so a model that already shuts more than 3 % keeps 0.",
@@ -81,7 +81,7 @@ def write_model_card(metrics: dict, path: Path) -> None:
         metrics.get("real_table", "(no real speech clips on the machine that trained this)"),
         "",
         "Openness r: Pearson r of jawOpen × (1 − mouthClose) with the phone-based ground truth "
-        "(`training.visemes.openness`); closure recall: share of m/b/p closures ≥ 40 ms with a frame whose gap is "
+        "(`emolive.training.visemes.openness`); closure recall: share of m/b/p closures ≥ 40 ms with a frame whose gap is "
         "under 0.05; offset: median best A/V lag (positive = face late).",
         "",
         "## Limits",

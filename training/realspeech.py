@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.audio import load_audio, log_mel
-from training.tts import Phone, synthesize
+from emolive.engine.audio import load_audio, log_mel
+from emolive.training.tts import Phone, synthesize
 
 DATA = Path(__file__).parent / "data" / "real_speech"
 ALSA = Path("/usr/share/sounds/alsa")

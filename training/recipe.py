@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.motion.diffusion import DiffusionMotion, save_model
-from engine.motion.dit import DiTConfig, MotionDiT
-from training.corpus import (
+from emolive.engine.motion.diffusion import DiffusionMotion, save_model
+from emolive.engine.motion.dit import DiTConfig, MotionDiT
+from emolive.training.corpus import (
     HELD_OUT_LANGUAGE, HELD_OUT_LANGUAGE_VOICES, HELD_OUT_VOICES, build_corpus, calibration_clips, load_corpus,
 )
-from training.dataset import WindowSampler, channel_stats
-from training.train import DistillConfig, TrainConfig, distill_student, train_teacher
+from emolive.training.dataset import WindowSampler, channel_stats
+from emolive.training.train import DistillConfig, TrainConfig, distill_student, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_WEIGHTS = ROOT / "engine" / "motion" / "weights"
@@ -148,7 +148,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
             (SHIPPED_WEIGHTS / name).write_bytes((weights / name).read_bytes())
             (SHIPPED_WEIGHTS / name).chmod(0o644)
         (SHIPPED_WEIGHTS / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        from training.model_card import write_model_card
+        from emolive.training.model_card import write_model_card
 
         write_model_card(metrics, SHIPPED_WEIGHTS / "MODEL_CARD.md")
         log(f"recipe: installed weights and model card in {SHIPPED_WEIGHTS}")
@@ -162,7 +162,7 @@ def _mean_or_none(values: list[float]) -> float | None:
 def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, seed: int, log=print) -> dict:
     """Seal bias of each model (training.evaluate.calibrate_seal_bias) on training voices saying
     unseen sentences -> {kind: {"bias", "table": [(bias, closure recall, false closures)]}}."""
-    from training.evaluate import calibrate_seal_bias
+    from emolive.training.evaluate import calibrate_seal_bias
 
     clips = calibration_clips(seed, cfg.calibration_per_voice, cfg.workers)
     out = {}
@@ -178,8 +178,8 @@ def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, se
 def evaluate_weights(eval_path: Path, weights: Path, teacher_steps: int, student_steps: int, log=print,
                      max_clips: int | None = None, bench_seconds: float = 8.0) -> dict:
     """Baseline / teacher / student on an evaluation corpus -> metrics dict with a markdown table."""
-    from engine.motion.baseline import BaselineMotion
-    from training.evaluate import evaluate_models, markdown_table, ms_per_hop
+    from emolive.engine.motion.baseline import BaselineMotion
+    from emolive.training.evaluate import evaluate_models, markdown_table, ms_per_hop
 
     ev = load_corpus(eval_path)
     clips = [(ev.audio[i], ev.phones[i], str(ev.group[i])) for i in range(len(ev.lengths))]
@@ -194,7 +194,7 @@ def evaluate_weights(eval_path: Path, weights: Path, teacher_steps: int, student
     hop = {name: ms_per_hop(m, seconds=bench_seconds) for name, m in models.items()}
     table = markdown_table(results, hop)
     out: dict = {"table": table, "ms_per_hop": hop, "models": {}}
-    from training.realspeech import real_clips
+    from emolive.training.realspeech import real_clips
 
     real = real_clips()
     if real:

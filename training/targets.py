@@ -8,7 +8,7 @@ Three layers, each a function of its own:
   the phone and decays with distance before it (anticipation) and after it (carry-over).
   Bilabials dominate the lip seal and always close it completely; F/V roll the lower lip to
   the upper teeth; OO/W/SH/R round and protrude the lips and are anticipated furthest. The jaw
-  follows the phone openness table of ``training.visemes``, so the lip-sync ground truth and
+  follows the phone openness table of ``emolive.training.visemes``, so the lip-sync ground truth and
   the targets agree on what "open" means;
 - **prosody** (:func:`prosody_events`), from the audio: vowels whose loudness, pitch and length
   stand out of the utterance are accents; a seeded share of them raise the brows and nod;
@@ -17,7 +17,7 @@ Three layers, each a function of its own:
   control, its frequency the speed control), slow brow/smile drift (the expressiveness control).
 
 :func:`motion_targets` composes them into a ``(T, NUM_CHANNELS)`` float32 array valid under
-``engine.motion_space.clip_frames``.
+``emolive.engine.motion_space.clip_frames``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.motion_space import FPS, INDEX, NUM_CHANNELS, clip_frames
-from training.tts import Phone
-from training.visemes import BILABIALS, OPENNESS, SILENCES
+from emolive.engine.motion_space import FPS, INDEX, NUM_CHANNELS, clip_frames
+from emolive.training.tts import Phone
+from emolive.training.visemes import BILABIALS, OPENNESS, SILENCES
 
 __all__ = [
     "Controls", "VISEMES", "viseme_of", "lip_tracks", "prosody_events", "free_motion",

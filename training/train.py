@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.audio import MELS_PER_FRAME
-from engine.motion.dit import DiTConfig, MotionDiT
-from engine.motion.sampler import time_grid
-from engine.motion_space import INDEX
-from training.dataset import Batch, WindowSampler
-from training.visemes import PHONE_CLASSES
+from emolive.engine.audio import MELS_PER_FRAME
+from emolive.engine.motion.dit import DiTConfig, MotionDiT
+from emolive.engine.motion.sampler import time_grid
+from emolive.engine.motion_space import INDEX
+from emolive.training.dataset import Batch, WindowSampler
+from emolive.training.visemes import PHONE_CLASSES
 
 LIP_WEIGHT = 2.0
 # The lip seal (mouthClose) weighs more still: it is on in few frames, and a bilabial the lips

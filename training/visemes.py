@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.audio import HOP, SAMPLE_RATE
-from training.tts import Phone
+from emolive.engine.audio import HOP, SAMPLE_RATE
+from emolive.training.tts import Phone
 
 __all__ = ["OPENNESS", "BILABIALS", "SILENCES", "PHONE_CLASSES", "openness", "closure_intervals", "phone_classes"]
 

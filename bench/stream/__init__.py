@@ -15,13 +15,13 @@ sent as 1, -90 dBFS). Walking the frames' audio and matching its non-zero sample
 the pushed ones gives, for every pushed sample, the frame that carries it; a mismatch is
 counted and reported (it would mean audio was lost or reordered).
 
-- ``--transport engine``: ``engine.session.Session`` objects in this process sharing one
+- ``--transport engine``: ``emolive.engine.session.Session`` objects in this process sharing one
   worker pool (as the server shares ``Settings.workers`` threads); "leaves" = yielded by
   ``Session.frames()``.
 - ``--transport webrtc``: the real server (``BackgroundServer``, loopback ICE) in this
   process and N aiortc client peers + WebSockets in a child process (so the server's CPU is
   measurable apart). Arrival = the server calling ``push_audio`` (the registry builds the
-  sessions' engines as ``bench.stream.webrtc_run.RecordingSession``); the frame that carries
+  sessions' engines as ``emolive.bench.stream.webrtc_run.RecordingSession``); the frame that carries
   a chunk is found by a recording sink added to the session (``LiveSession.add_sink``) that
   sees every frame the server's pump fans out, and the moment the video track sends it by the
   session's ``sent_observers``. The client maps each received video frame to its frame index by pts (= index x 3600 on the 90 kHz clock) and timestamps it when

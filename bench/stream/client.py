@@ -1,7 +1,7 @@
 """The client process of ``bench stream --transport webrtc``: one aiortc peer receiving video
 and voice and one WebSocket pushing speech per session, on the same CLOCK_MONOTONIC as the
 server's process. It decodes ``DECODED_STREAMS`` video streams (every ``THUMB_EVERY``-th frame
-kept as a thumbnail for the PSNR check) and counts the others undecoded (``bench.undecoded``).
+kept as a thumbnail for the PSNR check) and counts the others undecoded (``emolive.bench.undecoded``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.speech import RATE, Feeder, sleep_until, speech_turns
-from bench.stream.measure import THUMB_EVERY, WARMUP_S, cpu_seconds, thumbnail
-from bench.undecoded import count_vp8_undecoded
+from emolive.bench.speech import RATE, Feeder, sleep_until, speech_turns
+from emolive.bench.stream.measure import THUMB_EVERY, WARMUP_S, cpu_seconds, thumbnail
+from emolive.bench.undecoded import count_vp8_undecoded
 
 DECODED_STREAMS = 1  # client video streams decoded; the others are counted undecoded
 
@@ -40,7 +40,7 @@ async def _clients(conn: Connection, url: str, ws_url: str, sessions: list[dict]
     from aiortc.mediastreams import MediaStreamError
     from websockets.asyncio.client import connect
 
-    from server.webrtc import enable_loopback_candidates
+    from emolive.server.webrtc import enable_loopback_candidates
 
     enable_loopback_candidates()
     count_vp8_undecoded(sessions[0]["size"], DECODED_STREAMS)

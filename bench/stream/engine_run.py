@@ -14,20 +14,20 @@ import time
 
 import numpy as np
 
-from bench.report import loadavg
-from bench.speech import RATE, Feeder, sleep_until
-from bench.stream.measure import WARMUP_S, AudioTracker, RunResult, SessionResult, cpu_seconds
-from engine.rig import Rig
+from emolive.bench.report import loadavg
+from emolive.bench.speech import RATE, Feeder, sleep_until
+from emolive.bench.stream.measure import WARMUP_S, AudioTracker, RunResult, SessionResult, cpu_seconds
+from emolive.engine.rig import Rig
 
 
 async def engine_run(rig: Rig, n: int, seconds: float, workers: int, render_processes: int, turns: list[np.ndarray],
                      seed: int, motion: str) -> RunResult:
     """``n`` sessions on ``rig`` fed ``turns`` for a window of ``seconds`` after the warm-up."""
-    from engine.motion.registry import create_motion_model
-    from engine.motion_space import MotionControls
-    from engine.render_workers import RenderWorkers
-    from engine.session import Session, share_cores_between_sessions
-    from engine.session_types import SessionOptions
+    from emolive.engine.motion.registry import create_motion_model
+    from emolive.engine.motion_space import MotionControls
+    from emolive.engine.render_workers import RenderWorkers
+    from emolive.engine.session import Session, share_cores_between_sessions
+    from emolive.engine.session_types import SessionOptions
 
     share_cores_between_sessions()  # as the server does
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-engine")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.speech import RATE
+from emolive.bench.speech import RATE
 
 FPS = 25
 OUT_PER_FRAME = RATE // FPS
@@ -33,7 +33,7 @@ class Hit:
 
 
 class AudioTracker:
-    """Exact mapping of pushed samples to output frames; see ``bench.stream``."""
+    """Exact mapping of pushed samples to output frames; see ``emolive.bench.stream``."""
 
     def __init__(self, keep_hits: bool = True) -> None:
         self._keep_hits = keep_hits  # False (soak): keep turn starts and latencies only, not every hit

@@ -6,8 +6,8 @@ import statistics
 
 from rich.table import Table
 
-from bench.report import fmt
-from bench.stream.measure import RunResult, percentile
+from emolive.bench.report import fmt
+from emolive.bench.stream.measure import RunResult, percentile
 
 
 def session_table(run: RunResult, size: int, seconds: float, motion: str) -> Table:

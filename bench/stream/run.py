@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.report import console as make_console
-from bench.speech import CHUNK, RATE, speech_turns
-from bench.stream.measure import RunResult
-from bench.stream.report import session_table, sweep_table
-from engine.errors import BadInputError
-from engine.rig import Rig
+from emolive.bench.report import console as make_console
+from emolive.bench.speech import CHUNK, RATE, speech_turns
+from emolive.bench.stream.measure import RunResult
+from emolive.bench.stream.report import session_table, sweep_table
+from emolive.engine.errors import BadInputError
+from emolive.engine.rig import Rig
 
 HOLD_FPS = 24.0
 
@@ -36,7 +36,7 @@ class StreamConfig:
 
 def prepare_rig(size: int) -> Rig:
     """The bundled avatar's rig at ``size``²."""
-    from engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
+    from emolive.engine.offline import DEFAULT_PORTRAIT, RenderOptions, prepare_avatar
 
     _, rig = prepare_avatar(DEFAULT_PORTRAIT, RenderOptions(size=size))
     return rig
@@ -44,12 +44,12 @@ def prepare_rig(size: int) -> Rig:
 
 def _one_run(config: StreamConfig, n: int, turns: list[np.ndarray], rig: Rig | None) -> RunResult:
     if config.transport == "engine":
-        from bench.stream.engine_run import engine_run
+        from emolive.bench.stream.engine_run import engine_run
 
         assert rig is not None
         return asyncio.run(engine_run(rig, n, config.seconds, config.workers, config.render_processes, turns,
                                       config.seed, config.motion))
-    from bench.stream.webrtc_run import webrtc_run
+    from emolive.bench.stream.webrtc_run import webrtc_run
 
     return webrtc_run(n, config.seconds, config.workers, config.render_processes, config.size, config.seed,
                       config.motion)

@@ -1,7 +1,7 @@
 """``bench stream --transport webrtc``: the real server in this process, its clients in another.
 
 The server (``BackgroundServer``, loopback ICE, the given settings) runs on a thread of this
-process; N aiortc peers and WebSocket feeders run in a child process (``bench.stream.client``)
+process; N aiortc peers and WebSocket feeders run in a child process (``emolive.bench.stream.client``)
 so that the server's CPU is measurable apart. What the bench learns of the server, it learns
 through what the server offers for measurement, nothing patched:
 
@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import fmt, loadavg
-from bench.stream.client import client_main
-from bench.stream.measure import (THUMB_EVERY, WARMUP_S, AudioTracker, RunResult, SessionResult, cpu_seconds, psnr,
+from emolive.bench.report import fmt, loadavg
+from emolive.bench.stream.client import client_main
+from emolive.bench.stream.measure import (THUMB_EVERY, WARMUP_S, AudioTracker, RunResult, SessionResult, cpu_seconds, psnr,
                                   thumbnail)
-from engine.session import Session
-from engine.media import video_pts
+from emolive.engine.session import Session
+from emolive.engine.media import video_pts
 
 
 class RecordingSession(Session):
@@ -88,8 +88,8 @@ def webrtc_run(n: int, seconds: float, workers: int, render_processes: int, size
     """``n`` sessions of ``size``² through the real server for a window of ``seconds``."""
     import httpx
 
-    from server.config import Settings
-    from server.testing import BackgroundServer
+    from emolive.server.config import Settings
+    from emolive.server.testing import BackgroundServer
 
     with tempfile.TemporaryDirectory(prefix="emolive-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), ice_loopback=True, workers=workers,

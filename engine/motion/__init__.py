@@ -3,7 +3,7 @@
 Every model implements :class:`MotionModel`, one streaming interface that the live server
 and the offline renderer share: :meth:`MotionModel.start` resets the state for a new stream,
 then :meth:`MotionModel.step` is called with consecutive chunks of video-frame audio
-features (``engine.audio.video_frame_features``), each carrying ``lookahead_frames`` frames
+features (``emolive.engine.audio.video_frame_features``), each carrying ``lookahead_frames`` frames
 beyond the ones to generate. The lookahead frames of one call are the first frames of the
 next, so a stream is cut into hops of any size without changing what a model may see.
 :func:`generate` runs a model over a whole clip that way.
@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
-from engine.motion_space import NUM_CHANNELS, MotionControls, MotionTrack
+from emolive.engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
+from emolive.engine.motion_space import NUM_CHANNELS, MotionControls, MotionTrack
 
 # Offline generation steps in the hop the live server uses (80 ms at 25 fps).
 OFFLINE_HOP_FRAMES = 2

@@ -1,11 +1,11 @@
 """Where the motion denoiser runs: one interface (:class:`Denoiser`), three backends.
 
 A denoiser maps one batch of :class:`DenoiserInputs` (numpy float32, batch first) to the
-velocity of each row; :mod:`engine.motion.diffusion` runs the sampler around it, the same for
+velocity of each row; :mod:`emolive.engine.motion.diffusion` runs the sampler around it, the same for
 every backend:
 
-* ``torch``: the :class:`~engine.motion.dit.MotionDiT` module itself, in inference mode;
-* ``onnxruntime`` (the default): the exported graph (:mod:`engine.motion.onnx_graph`) in ONNX Runtime
+* ``torch``: the :class:`~emolive.engine.motion.dit.MotionDiT` module itself, in inference mode;
+* ``onnxruntime`` (the default): the exported graph (:mod:`emolive.engine.motion.onnx_graph`) in ONNX Runtime
   with the best execution provider this build has (TensorRT, then CUDA, then CPU; one intra-op
   thread on CPU, as sessions already run side by side);
 * ``tensorrt``: the same graph on ONNX Runtime's TensorRT execution provider in fp16; refused
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 
 if TYPE_CHECKING:  # torch is imported where a denoiser is built, not to read BACKENDS
-    from engine.motion.dit import MotionDiT
+    from emolive.engine.motion.dit import MotionDiT
 
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_BACKEND = "onnxruntime"
@@ -38,7 +38,7 @@ class BackendUnavailable(RuntimeError):
 
 
 class DenoiserInputs(NamedTuple):
-    """One batch of denoiser inputs, float32, batch first (shapes: :mod:`engine.motion.onnx_graph`)."""
+    """One batch of denoiser inputs, float32, batch first (shapes: :mod:`emolive.engine.motion.onnx_graph`)."""
 
     x_t: np.ndarray  # (B, H, C) noisy hop frames, normalised
     t: np.ndarray  # (B,) diffusion time
@@ -112,7 +112,7 @@ def unavailable_reason(backend: str) -> str | None:
         return None
     import onnxruntime as ort
 
-    from engine.motion.tensorrt import no_gpu_reason
+    from emolive.engine.motion.tensorrt import no_gpu_reason
 
     reasons = []
     if TRT_PROVIDER not in ort.get_available_providers():
@@ -139,7 +139,7 @@ def choose_providers(available: list[str] | None = None) -> list[str]:
 
 
 def onnx_cache_dir() -> Path:
-    from engine.avatar import default_cache_dir
+    from emolive.engine.avatar import default_cache_dir
 
     return default_cache_dir() / "onnx"
 
@@ -155,7 +155,7 @@ def _providers(backend: str) -> list:
 
 @functools.lru_cache(maxsize=16)
 def _onnx_denoiser(weights: str, stamp: tuple[int, int], backend: str, cache: str) -> OnnxDenoiser:
-    from engine.motion.onnx_graph import export_denoiser_for_weights
+    from emolive.engine.motion.onnx_graph import export_denoiser_for_weights
 
     exported = export_denoiser_for_weights(weights, cache)
     return OnnxDenoiser(exported.path, backend=backend, providers=_providers(backend))

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.audio import (
+from emolive.engine.audio import (
     FEATURE_MEAN,
     FEATURE_STD,
     FMAX,
@@ -33,8 +33,8 @@ from engine.audio import (
     N_MELS,
     SAMPLE_RATE,
 )
-from engine.motion_space import FPS, INDEX, NUM_CHANNELS, MotionControls, clip_frames
-from engine.motion import hop_length
+from emolive.engine.motion_space import FPS, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from emolive.engine.motion import hop_length
 
 MEL_RATE = FPS * MELS_PER_FRAME  # Hz: the follower runs on mel frames, not video frames
 DB_PER_FEATURE = FEATURE_STD * 10.0 / math.log(10.0)  # features are scaled natural-log power
@@ -112,7 +112,7 @@ HEAD_ROTATION_LIMIT_DEG = 5.0  # at head_motion 1; scales with it
 
 
 def _band_centres_hz() -> np.ndarray:
-    """Centre frequency of each mel band of ``engine.audio``: its filter's centroid."""
+    """Centre frequency of each mel band of ``emolive.engine.audio``: its filter's centroid."""
     fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
     return fft_hz @ MEL_FILTERS / MEL_FILTERS.sum(axis=0)
 

@@ -5,7 +5,7 @@ Sessions that run diffusion models hand their motion steps (model + features, as
 model themselves. The batcher's thread gathers the steps that arrive together — until every
 member (a session whose clock runs) has handed one in, ``max_batch`` are waiting, or
 ``window_s`` has passed since the first — and runs them as one
-:func:`engine.motion.diffusion.step_batch`: one denoiser call per sampler step for all of
+:func:`emolive.engine.motion.diffusion.step_batch`: one denoiser call per sampler step for all of
 them. Each stream's state (noise, rolling buffer, blink guard) stays in its own model, so
 every stream gets the frames it would get alone.
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.motion import MotionModel, hop_length
-from engine.motion_space import FPS
+from emolive.engine.motion import MotionModel, hop_length
+from emolive.engine.motion_space import FPS
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def batchable(model: MotionModel) -> bool:
     """Whether ``model``'s steps can be batched (the diffusion models)."""
     # A diffusion model exists only once its module (and torch) is imported; importing them
     # here would stall the caller, often the event loop, for seconds on a baseline session.
-    diffusion = sys.modules.get("engine.motion.diffusion")
+    diffusion = sys.modules.get("emolive.engine.motion.diffusion")
     return diffusion is not None and isinstance(model, diffusion.DiffusionMotion)
 
 
@@ -144,7 +144,7 @@ class MotionBatcher:
             return None
 
     def _serve(self) -> None:
-        from engine.motion.diffusion import step_batch
+        from emolive.engine.motion.diffusion import step_batch
 
         while (batch := self._take()) is not None:
             # A step whose session gave up on it (cancelled) is not run: its model stays put.

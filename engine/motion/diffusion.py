@@ -1,7 +1,7 @@
 """The streaming diffusion motion model: :class:`DiffusionMotion` implements ``MotionModel``.
 
 Each hop of ``H = 2`` frames (80 ms) is sampled by a few Euler steps of the rectified-flow DiT
-(``engine.motion.dit``) from seeded noise, conditioned on
+(``emolive.engine.motion.dit``) from seeded noise, conditioned on
 
 - the audio window: the ``audio_past`` (8) frames before the hop, the hop, and ``L = 2`` frames
   (80 ms) of lookahead — exactly what ``MotionModel.step`` is handed, plus its own history;
@@ -13,13 +13,13 @@ Each hop of ``H = 2`` frames (80 ms) is sampled by a few Euler steps of the rect
 
 A call may ask for any number of frames: they are made in hops of 2 (1 for a trailing odd frame,
 with the missing lookahead frame marked as such), so chunking a stream in multiples of 2
-frames gives exactly the frames :func:`engine.motion.generate` gives. The noise of every hop is
+frames gives exactly the frames :func:`emolive.engine.motion.generate` gives. The noise of every hop is
 drawn from one generator seeded by ``controls.seed``: same seed, same motion; other seeds move
 the head, brows and blinks differently while the lips stay on the audio.
 
 Only the denoiser call depends on where the model runs (``torch``, ``onnxruntime``,
-``tensorrt``: :mod:`engine.motion.backends`); :func:`step_batch` steps many streams at once
-with one denoiser call per sampler step for all of them (:mod:`engine.motion.batching`).
+``tensorrt``: :mod:`emolive.engine.motion.backends`); :func:`step_batch` steps many streams at once
+with one denoiser call per sampler step for all of them (:mod:`emolive.engine.motion.batching`).
 
 Weights are safetensors files with the config and sampling defaults in their metadata:
 ``engine/motion/weights/{teacher,student}.safetensors``.
@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
-from engine.motion import hop_length
-from engine.motion.backends import Denoiser, DenoiserInputs, TorchDenoiser, create_denoiser
-from engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
-from engine.motion.sampler import sample
-from engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from emolive.engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
+from emolive.engine.motion import hop_length
+from emolive.engine.motion.backends import Denoiser, DenoiserInputs, TorchDenoiser, create_denoiser
+from emolive.engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
+from emolive.engine.motion.sampler import sample
+from emolive.engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BLINK_CLOCK_S = 6.0  # the blink clock saturates here: "a long time ago"
@@ -137,7 +137,7 @@ class DiffusionMotion:
     @classmethod
     def from_file(cls, path: str | Path, *, steps: int | None = None, name: str | None = None,
                   speed: float = 1.0, backend: str = "torch") -> "DiffusionMotion":
-        """Load weights; ``backend`` picks the denoiser's runtime (:mod:`engine.motion.backends`)."""
+        """Load weights; ``backend`` picks the denoiser's runtime (:mod:`emolive.engine.motion.backends`)."""
         model, meta = load_cached(str(Path(path).resolve()))
         return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"),
                    speed=speed, seal_bias=float(meta.get("seal_bias", 0.0)),

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.audio import MELS_PER_FRAME, N_MELS
-from engine.motion_space import CHANNELS, NUM_CHANNELS
+from emolive.engine.audio import MELS_PER_FRAME, N_MELS
+from emolive.engine.motion_space import CHANNELS, NUM_CHANNELS
 
 # Channels the audio decides (jaw and lips). They are left out of the past-motion context: a
 # model that sees its last lip frames learns to extrapolate them instead of listening, and at

@@ -1,15 +1,15 @@
-"""Export the motion denoiser (one sampler step of :class:`engine.motion.dit.MotionDiT`) to ONNX.
+"""Export the motion denoiser (one sampler step of :class:`emolive.engine.motion.dit.MotionDiT`) to ONNX.
 
 The graph computes ``MotionDiT.forward``: the rectified-flow velocity of one hop from its noisy
 frames, the diffusion time and the hop's conditioning. It is traced from :class:`GraphDiT`, the
 same function written for ONNX Runtime's CPU kernels; the torch module stays the reference and
 the parity tests hold the two together. The sampler around it (seeded noise, Euler steps on a
-uniform time grid, the rolling buffer, the blink guard) stays in :mod:`engine.motion.diffusion`,
+uniform time grid, the rolling buffer, the blink guard) stays in :mod:`emolive.engine.motion.diffusion`,
 the same for every runtime.
 
 File: ``denoiser-<kind>-<weights sha256[:12]>-<build key[:12]>.onnx`` beside a JSON sidecar
 of the same stem. The build key hashes the weights file, this exporter and the DiT code, the
-opset and the torch version; an up-to-date file is not rebuilt (see :mod:`engine.motion.graph_files`).
+opset and the torch version; an up-to-date file is not rebuilt (see :mod:`emolive.engine.motion.graph_files`).
 
 Graph contract (also in the sidecar; K, H, A from the weights' config, 12, 2, 12 for the
 shipped models; every axis but ``batch`` fixed; all float32):
@@ -20,7 +20,7 @@ shipped models; every axis but ``batch`` fixed; all float32):
 * ``past`` (batch, K, 35): the last K generated frames, normalised (jaw and lip channels are
   ignored: the audio decides them);
 * ``audio`` (batch, A, 4, 80): log-mel of the ``A - H - L`` frames before the hop, the hop
-  and the L lookahead frames, 4 mel frames per video frame (``engine.audio``);
+  and the L lookahead frames, 4 mel frames per video frame (``emolive.engine.audio``);
 * ``controls`` (batch, 4): head-motion intensity, head speed, expressiveness, blink clock;
 * ``audio_missing`` (batch, A): 1 where an audio frame is padding (a stream's last odd
   frame has no second hop frame), else 0;
@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
-from engine.motion.backends import DenoiserInputs
-from engine.motion.dit import Block, DiTConfig, MotionDiT, timestep_embedding
-from engine.motion.graph_files import DEFAULT_OPSET, GraphFile, check_graph, sha256_file, sources_hash, up_to_date, write_build
+from emolive.engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
+from emolive.engine.motion.backends import DenoiserInputs
+from emolive.engine.motion.dit import Block, DiTConfig, MotionDiT, timestep_embedding
+from emolive.engine.motion.graph_files import DEFAULT_OPSET, GraphFile, check_graph, sha256_file, sources_hash, up_to_date, write_build
 
 EXPORTER = "torch.onnx.export, TorchScript-based (dynamo=False), of engine.motion.onnx_graph.GraphDiT"
 BATCH_AXIS = "batch"
@@ -196,7 +196,7 @@ class GraphDiT(nn.Module):
 
 
 def export_graph(model: MotionDiT, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Trace ``model``'s :class:`GraphDiT` into ``path`` (not checked; see :func:`engine.motion.graph_files.check_graph`)."""
+    """Trace ``model``'s :class:`GraphDiT` into ``path`` (not checked; see :func:`emolive.engine.motion.graph_files.check_graph`)."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
     cfg = model.cfg
@@ -230,7 +230,7 @@ def denoiser_files(out_dir: Path, kind: str, weights_sha: str, build_key: str) -
 def export_denoiser_for_weights(weights: str | os.PathLike, out_dir: str | os.PathLike, *,
                                 opset: int = DEFAULT_OPSET, force: bool = False) -> GraphFile:
     """Export (or find up to date) the denoiser of a weights file (``save_model``'s format)."""
-    from engine.motion.diffusion import load_cached
+    from emolive.engine.motion.diffusion import load_cached
 
     weights = Path(weights).resolve()
     out_dir = Path(out_dir)

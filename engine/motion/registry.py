@@ -6,15 +6,15 @@ diffusion model, 2 steps), ``student:1``, ``teacher`` (24 steps), ``teacher:8``,
 ``emolive motion``) defaults to the student, which lip-syncs far better (see
 engine/motion/weights/MODEL_CARD.md); live sessions default to ``baseline`` (see
 :data:`LIVE_MOTION_MODEL`).
-The diffusion models' denoiser runs on a backend (:mod:`engine.motion.backends`), ONNX
+The diffusion models' denoiser runs on a backend (:mod:`emolive.engine.motion.backends`), ONNX
 Runtime by default; ``baseline`` has no denoiser and ignores it.
 """
 
 from __future__ import annotations
 
-from engine.motion import MotionModel
-from engine.motion.backends import DEFAULT_BACKEND, check_backend
-from engine.motion.baseline import BaselineMotion
+from emolive.engine.motion import MotionModel
+from emolive.engine.motion.backends import DEFAULT_BACKEND, check_backend
+from emolive.engine.motion.baseline import BaselineMotion
 
 MOTION_MODELS: tuple[str, ...] = ("student", "teacher", "baseline")
 DEFAULT_MOTION_MODEL = "student"
@@ -44,11 +44,11 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
 def create_motion_model(spec: str, backend: str = DEFAULT_BACKEND) -> MotionModel:
     """A fresh model instance (models hold per-stream state: one per stream); weights and the
     denoiser are shared. Raises ValueError for a bad spec or backend name and
-    :class:`engine.motion.backends.BackendUnavailable` when the backend cannot run here."""
+    :class:`emolive.engine.motion.backends.BackendUnavailable` when the backend cannot run here."""
     name, steps = parse_spec(spec)
     check_backend(backend)
     if name == "baseline":
         return BaselineMotion()
-    from engine.motion.diffusion import DiffusionMotion, default_weights
+    from emolive.engine.motion.diffusion import DiffusionMotion, default_weights
 
     return DiffusionMotion.from_file(default_weights(name), steps=steps, name=name, backend=backend)

@@ -142,13 +142,13 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, min_batch: 
 
 def build_engines(models: list, precision: str = "auto", max_batch: int = 8, opt_batch: int = 4,
                   force: bool = False, log=print) -> list[EngineResult]:
-    """One engine per exported model (:class:`engine.motion.graph_files.GraphFile`), next to its ONNX file."""
+    """One engine per exported model (:class:`emolive.engine.motion.graph_files.GraphFile`), next to its ONNX file."""
     reason = unavailable_reason()
     if reason:
         raise TensorRTUnavailable(reason)
     import tensorrt as trt
 
-    from engine.motion.graph_files import sha256_file
+    from emolive.engine.motion.graph_files import sha256_file
 
     gpu = (cuda_devices() or ["gpu"])[0]
     results = []
