@@ -296,7 +296,7 @@ def _source_energy(sink: SourceSink, first: int, last: int) -> tuple[np.ndarray,
 
 def measure_avsync(server: Any, seconds: float = 20.0, seed: int = 0, headless: bool = True) -> AvSyncResult:
     """One session of ``seconds`` through the demo page in Chromium against ``server`` (a
-    running ``emolive.server.testing.BackgroundServer`` with loopback ICE); see the module docstring."""
+    running ``emolive.bench.background_server.BackgroundServer`` with loopback ICE); see the module docstring."""
     from playwright.sync_api import sync_playwright
 
     stim = stimulus(seconds, seed)
@@ -428,7 +428,7 @@ def run_avsync(config: AvSyncConfig) -> None:
     import tempfile
 
     from emolive.server.config import Settings
-    from emolive.server.testing import BackgroundServer
+    from emolive.bench.background_server import BackgroundServer
 
     if config.seconds < SETTLE_S + 6:
         raise SystemExit(f"--seconds must be at least {SETTLE_S + 6:.0f}: the first {SETTLE_S:.0f} s are left out")

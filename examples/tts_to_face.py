@@ -47,7 +47,7 @@ def emolive_server(url: str | None, motion: str) -> Iterator[str]:
     import tempfile
 
     from emolive.server.config import Settings
-    from emolive.server.testing import BackgroundServer
+    from emolive.bench.background_server import BackgroundServer
 
     with tempfile.TemporaryDirectory() as data, BackgroundServer(Settings(data_dir=Path(data), motion=motion,
                                                                           ice_loopback=True)) as server:

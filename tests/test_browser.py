@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from emolive.server.config import Settings
-from emolive.server.testing import LOOPS, BackgroundServer
+from emolive.bench.background_server import LOOPS, BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The hand-built baseline: always installed and deterministic. These tests judge the server

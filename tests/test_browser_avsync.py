@@ -14,7 +14,7 @@ import pytest
 
 from emolive.bench.avsync import CHROMIUM, measure_avsync
 from emolive.server.config import Settings
-from emolive.server.testing import BackgroundServer
+from emolive.bench.background_server import BackgroundServer
 
 MAX_OFFSET_MS = 40.0  # about where viewers start to notice a mouth ahead of its voice
 

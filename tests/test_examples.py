@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from emolive.server.config import Settings
-from emolive.server.testing import BackgroundServer
+from emolive.bench.background_server import BackgroundServer
 from emolive.training.tts import synthesize
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "ws_client.py"

@@ -351,7 +351,7 @@ def test_tensorrt_backend_is_refused_clearly_where_unavailable(tmp_path):
 
 def test_server_sessions_run_the_student_on_onnxruntime_in_one_batcher(tmp_path):
     from emolive.server.config import Settings
-    from emolive.server.testing import BackgroundServer
+    from emolive.bench.background_server import BackgroundServer
 
     settings = Settings(data_dir=tmp_path, motion="student", motion_backend="onnxruntime", motion_batching=True,
                         max_sessions=2, idle_timeout_s=60)

@@ -28,7 +28,7 @@ import soxr
 
 from emolive.integrations.face import FaceFrame, LocalFace, PlaybackEvent, RemoteFace
 from emolive.server.config import Settings
-from emolive.server.testing import BackgroundServer
+from emolive.bench.background_server import BackgroundServer
 from emolive.training.tts import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 by default on a loopback bind, /metrics without per-session series, failed sessions counted
 and explained, and the API docs working with no network (real headless Chromium).
 
-Servers are real uvicorn servers on 127.0.0.1 (server.testing.BackgroundServer).
+Servers are real uvicorn servers on 127.0.0.1 (emolive.bench.background_server.BackgroundServer).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from conftest import run_emolive
 from emolive.server.config import IceServer, Settings
 from emolive.server.metrics import Metrics
-from emolive.server.testing import BackgroundServer
+from emolive.bench.background_server import BackgroundServer
 from emolive.server.webrtc import rtc_configuration
 
 pytestmark = pytest.mark.timeout(120)

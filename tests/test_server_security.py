@@ -29,7 +29,7 @@ from websockets.exceptions import InvalidStatus
 
 from emolive.engine.offline import DEFAULT_PORTRAIT
 from emolive.server.config import Settings
-from emolive.server.testing import BackgroundServer
+from emolive.bench.background_server import BackgroundServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,7 +23,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from websockets.asyncio.client import connect
 
 from emolive.server.config import Settings
-from emolive.server.testing import LOOPS, BackgroundServer
+from emolive.bench.background_server import LOOPS, BackgroundServer
 from emolive.server.webrtc import enable_loopback_candidates
 
 pytestmark = pytest.mark.timeout(120)

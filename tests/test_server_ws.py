@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emolive.engine.offline import DEFAULT_PORTRAIT
 from emolive.server.config import Settings
-from emolive.server.testing import LOOPS, BackgroundServer
+from emolive.bench.background_server import LOOPS, BackgroundServer
 
 pytestmark = pytest.mark.timeout(120)
 

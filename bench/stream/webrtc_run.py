@@ -89,7 +89,7 @@ def webrtc_run(n: int, seconds: float, workers: int, render_processes: int, size
     import httpx
 
     from emolive.server.config import Settings
-    from emolive.server.testing import BackgroundServer
+    from emolive.bench.background_server import BackgroundServer
 
     with tempfile.TemporaryDirectory(prefix="emolive-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), ice_loopback=True, workers=workers,
