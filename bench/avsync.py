@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from emolive.bench.report import loadavg
+from emolive.engine.formats import FRAME_SIZE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -300,7 +301,7 @@ def measure_avsync(server: Any, seconds: float = 20.0, seed: int = 0, headless: 
     from playwright.sync_api import sync_playwright
 
     stim = stimulus(seconds, seed)
-    size = 512
+    size = FRAME_SIZE
     box = mouth_box(server.app.state.store.rig("default", size), size)
     sink = SourceSink(box)
     registry = server.app.state.registry
@@ -427,8 +428,8 @@ def run_avsync(config: AvSyncConfig) -> None:
     """Measure ``config.runs`` sessions and print each offset and their median."""
     import tempfile
 
-    from emolive.server.config import Settings
     from emolive.bench.background_server import BackgroundServer
+    from emolive.server.config import Settings
 
     if config.seconds < SETTLE_S + 6:
         raise SystemExit(f"--seconds must be at least {SETTLE_S + 6:.0f}: the first {SETTLE_S:.0f} s are left out")

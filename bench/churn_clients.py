@@ -13,8 +13,9 @@ import numpy as np
 
 from emolive.bench.server_process import ServerProcess
 from emolive.bench.speech import CHUNK, RATE, Feeder, sleep_until
+from emolive.engine.formats import FRAME_SIZE
 
-SIZE = 512
+SIZE = FRAME_SIZE
 FIRST_FRAME_TIMEOUT_S = 20.0
 REAP_LIMIT_S = 75.0  # past the server's WebSocket keepalive (uvicorn: ping every 20 s, 20 s to answer)
 

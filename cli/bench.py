@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from emolive.engine.formats import FRAME_SIZE
 from emolive.engine.motion.backends import BACKENDS
 from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, LIVE_MOTION_MODEL, MOTION_MODELS
 
@@ -57,7 +58,7 @@ def _add_render(kinds: Any) -> None:
         description="Times features, motion, render and encode per video frame on the bundled avatar "
                     "(median of several runs) and prints the real-time factor.",
     )
-    parser.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
+    parser.add_argument("--size", type=int, default=FRAME_SIZE, help=f"frame size (default: {FRAME_SIZE})")
     parser.add_argument("--seconds", type=float, default=8.0, help="audio length per run (default: 8)")
     parser.add_argument("--runs", type=int, default=5, help="runs; the median is reported (default: 5)")
     parser.add_argument("--motion", choices=MOTION_MODELS, default=DEFAULT_MOTION_MODEL,
@@ -87,7 +88,7 @@ def _add_stream(kinds: Any) -> None:
                     "CPU per session. --sweep raises N from 1 until a session falls below 24 fps.",
     )
     stream.add_argument("--sessions", type=int, default=1, metavar="N", help="concurrent sessions (default: 1)")
-    stream.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
+    stream.add_argument("--size", type=int, default=FRAME_SIZE, help=f"frame size (default: {FRAME_SIZE})")
     stream.add_argument("--seconds", type=float, default=20.0, help="measurement window per run (default: 20)")
     stream.add_argument("--transport", choices=("engine", "webrtc"), default="engine",
                         help="engine: Session objects in-process; webrtc: the real server over loopback with "
@@ -111,7 +112,7 @@ def _add_soak(kinds: Any) -> None:
                     ">= 40 ms (or the voice out ever differs from the voice pushed).",
     )
     soak.add_argument("--minutes", type=float, default=10.0, help="duration (default: 10)")
-    soak.add_argument("--size", type=int, default=512, help="frame size (default: 512)")
+    soak.add_argument("--size", type=int, default=FRAME_SIZE, help=f"frame size (default: {FRAME_SIZE})")
     soak.add_argument("--seed", type=int, default=0, help="seed for gaps and motion (default: 0)")
     soak.add_argument("--motion", type=_motion_spec, default=LIVE_MOTION_MODEL, metavar="MODEL", help=MOTION_HELP)
     soak.add_argument("--render-processes", type=int, default=2, metavar="N",
@@ -149,8 +150,8 @@ def _add_models(kinds: Any) -> None:
                         help="compute threads shared by the sessions, as `emolive serve --workers` (default: 2)")
     parser.add_argument("--video", action="store_true",
                         help="sessions also render video frames (default: motion only)")
-    parser.add_argument("--size", type=int, default=512, metavar="N",
-                        help="frame size when rendering with --video (default: 512)")
+    parser.add_argument("--size", type=int, default=FRAME_SIZE, metavar="N",
+                        help=f"frame size when rendering with --video (default: {FRAME_SIZE})")
     parser.add_argument("--skip-sessions", action="store_true",
                         help="time the denoiser only; no live sessions")
 

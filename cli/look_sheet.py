@@ -13,6 +13,7 @@ import numpy as np
 
 from emolive.engine import face_topology as topo
 from emolive.engine.errors import BadInputError
+from emolive.engine.formats import FRAME_SIZE
 from emolive.engine.motion_space import INDEX, rest_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return canvas
 
 
-def render_poses(portrait: Path, size: int = 512) -> tuple[np.ndarray, list[np.ndarray]]:
+def render_poses(portrait: Path, size: int = FRAME_SIZE) -> tuple[np.ndarray, list[np.ndarray]]:
     """The registered portrait's landmarks and one rendered frame per pose in POSES."""
     from emolive.engine.offline import RenderOptions, prepare_avatar
     from emolive.engine.render import Renderer
@@ -91,7 +92,7 @@ def render_poses(portrait: Path, size: int = 512) -> tuple[np.ndarray, list[np.n
     return avatar.landmarks, [renderer.render(pose.row()) for pose in POSES]
 
 
-def sheets(portraits: list[Path], size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def sheets(portraits: list[Path], size: int = FRAME_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """(faces, closeups): one row per portrait, one column per pose. Faces are the whole
     frame at rest, then the head in each pose, at TILE px; closeups are the eyes above the mouth, enlarged CLOSEUP_SCALE times with
     nearest-neighbour so every rendered pixel shows."""
@@ -134,7 +135,7 @@ def add_look_sheet_parser(commands: argparse._SubParsersAction) -> None:
                         help="portrait images (default: the bundled portrait and tests/portraits/*.jpg)")
     parser.add_argument("-o", "--output", type=Path, default=Path("look_sheet.jpg"),
                         help="output JPEG or PNG; the close-ups go next to it as NAME_closeup.EXT (default: look_sheet.jpg)")
-    parser.add_argument("--size", type=int, default=512, help="render size in pixels (default: 512)")
+    parser.add_argument("--size", type=int, default=FRAME_SIZE, help=f"render size in pixels (default: {FRAME_SIZE})")
 
 
 def run_look_sheet(args: argparse.Namespace) -> None:

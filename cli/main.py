@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from emolive.engine.errors import BadInputError
+from emolive.engine.formats import FRAME_SIZE
 from emolive.engine.motion.backends import BACKENDS, DEFAULT_BACKEND
 from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, MOTION_MODELS
 from emolive.engine.motion_space import FPS, MotionControls
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("audio", nargs="?", type=Path, default=DEFAULT_AUDIO,
                         help="speech: WAV, FLAC, OGG, MP3, M4A, any rate or channel count (default: bundled clip)")
     render.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"), help="output MP4 (default: demo.mp4)")
-    render.add_argument("--size", type=int, default=512, help="output size in pixels, square crop side (default: 512)")
+    render.add_argument("--size", type=int, default=FRAME_SIZE,
+                        help=f"output size in pixels, square crop side (default: {FRAME_SIZE})")
     render.add_argument("--keep-framing", action="store_true",
                         help="keep the whole image (long side = --size) instead of a head-and-shoulders crop")
     render.add_argument("--fps", type=float, default=FPS, help=f"output frame rate (default: {FPS})")

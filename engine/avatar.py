@@ -24,6 +24,7 @@ import numpy as np
 
 from emolive.engine.errors import BadInputError
 from emolive.engine.face_detection import MIN_FACE_PX, TONES, find_faces, landmark_area, landmark_box
+from emolive.engine.formats import FRAME_SIZE
 from emolive.engine.framing import head_and_shoulders, refine, whole_image
 from emolive.engine.portrait import MIN_IMAGE_SIDE, decode_portrait, read_portrait
 
@@ -120,7 +121,7 @@ def _print_warning(message: str) -> None:
 
 def register_avatar(
     path: str | os.PathLike,
-    size: int = 512,
+    size: int = FRAME_SIZE,
     keep_framing: bool = False,
     cache_dir: str | os.PathLike | None = None,
     warn: Warn | None = None,

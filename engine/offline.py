@@ -15,6 +15,7 @@ import numpy as np
 
 from emolive.engine.audio import decode_audio, log_mel, to_mono_16k, video_frame_features
 from emolive.engine.avatar import Avatar, register_avatar
+from emolive.engine.formats import FRAME_SIZE
 from emolive.engine.motion import generate
 from emolive.engine.motion.backends import DEFAULT_BACKEND
 from emolive.engine.motion.registry import DEFAULT_MOTION_MODEL, create_motion_model
@@ -32,7 +33,7 @@ DEFAULT_AUDIO = ASSETS / "demo_speech.wav"
 class RenderOptions:
     """Everything ``emolive render`` lets a user choose."""
 
-    size: int = 512
+    size: int = FRAME_SIZE
     fps: float = FPS
     keep_framing: bool = False
     motion: str = DEFAULT_MOTION_MODEL

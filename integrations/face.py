@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
+from emolive.engine.formats import FRAME_SIZE, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
 from emolive.engine.motion_space import FPS
-from emolive.engine.formats import VOICE_RATE, VOICE_SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:
     from emolive.engine.render_workers import RenderWorkers
@@ -111,7 +111,7 @@ class LocalFace:
     ``rig`` is a prepared avatar (``emolive.engine.offline.prepare_avatar``), to skip preparing it.
     """
 
-    def __init__(self, portrait: str | Path | None = None, *, size: int = 512, motion: str = "baseline",
+    def __init__(self, portrait: str | Path | None = None, *, size: int = FRAME_SIZE, motion: str = "baseline",
                  rig: Any = None, render_workers: RenderWorkers | int = 1) -> None:
         if isinstance(render_workers, int) and render_workers < 0:
             raise ValueError(f"render_workers must be a pool or 0 or more processes, got {render_workers}")
@@ -195,7 +195,7 @@ class RemoteFace:
     server limits messages a second, not bytes).
     """
 
-    def __init__(self, server: str, *, avatar_id: str = "default", size: int = 512, motion: str | None = None,
+    def __init__(self, server: str, *, avatar_id: str = "default", size: int = FRAME_SIZE, motion: str | None = None,
                  token: str | None = None, jpeg_quality: int = 85) -> None:
         self.size = size
         self.server = server.rstrip("/")

@@ -47,6 +47,7 @@ try:
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
     raise ImportError(f"emolive.integrations.livekit needs LiveKit Agents: pip install 'emolive[livekit]' ({error})") from error
 
+from emolive.engine.formats import FRAME_SIZE
 from emolive.integrations.face import FPS, VOICE_RATE, Face, FaceFrame
 
 __all__ = ["AVATAR_AGENT_NAME", "EmoliveAvatarSession", "EmoliveVideoGenerator", "avatar_options", "avatar_server",
@@ -57,7 +58,7 @@ log = logging.getLogger("emolive.integrations.livekit")
 AVATAR_AGENT_NAME = "emolive-avatar"  # what avatar workers register as, and what the agent side dispatches
 
 
-def avatar_options(size: int = 512) -> AvatarOptions:
+def avatar_options(size: int = FRAME_SIZE) -> AvatarOptions:
     """The ``AvatarRunner`` options matching the face: ``size``² at 25 fps, 48 kHz mono voice."""
     return AvatarOptions(video_width=size, video_height=size, video_fps=FPS, audio_sample_rate=VOICE_RATE,
                          audio_channels=1)

@@ -46,6 +46,7 @@ try:
 except ModuleNotFoundError as error:  # pragma: no cover - depends on the extra
     raise ImportError(f"emolive.integrations.pipecat needs Pipecat: pip install 'emolive[pipecat]' ({error})") from error
 
+from emolive.engine.formats import FRAME_SIZE
 from emolive.integrations.face import VOICE_RATE, Face, FaceFrame, LocalFace, RemoteFace
 
 __all__ = ["EmoliveVideoService", "FliteTTSService"]
@@ -59,7 +60,7 @@ class EmoliveVideoService(AIService):
     process it spawns, see :class:`~emolive.integrations.face.LocalFace`). ``face`` overrides both.
     """
 
-    def __init__(self, *, server: str | None = None, portrait: str | Path | None = None, size: int = 512,
+    def __init__(self, *, server: str | None = None, portrait: str | Path | None = None, size: int = FRAME_SIZE,
                  motion: str = "baseline", face: Face | None = None, **kwargs: Any) -> None:
         super().__init__(settings=ServiceSettings(model=None), **kwargs)
         if face is None:

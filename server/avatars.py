@@ -25,12 +25,13 @@ from pathlib import Path
 
 from emolive.engine.avatar import register_avatar
 from emolive.engine.errors import BadInputError
+from emolive.engine.formats import FRAME_SIZE
 from emolive.engine.offline import DEFAULT_PORTRAIT
 from emolive.engine.rig import Rig, build_rig
 from emolive.server.errors import ApiError
 
 DEFAULT_ID = "default"
-REGISTER_SIZE = 512
+REGISTER_SIZE = FRAME_SIZE
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 _UPLOAD_PREFIX = ".upload-"
 # Registrations at once, and uploads that may wait for one before 503.
