@@ -26,14 +26,11 @@ CLI: ``python -m training.tts --voice flite:slt --text "Hello." -o out.wav --pho
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import functools
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +88,9 @@ def synthesize(text: str, voice: str = "flite:slt", *, rate: int | None = None) 
     if engine == "flite":
         audio, sr, raw = _flite(text, name or "slt")
     elif engine == "espeak-ng":
-        audio, sr, raw = _espeak(text, name or "en-us")
+        from emolive.training import espeak
+
+        audio, sr, raw = espeak.speak(text, name or "en-us")
     elif engine == "festival":
         audio, sr, raw = _festival(text, name or "kal_diphone")
     else:
@@ -108,13 +107,15 @@ def synthesize(text: str, voice: str = "flite:slt", *, rate: int | None = None) 
 
 def available_voices() -> list[str]:
     """Every voice name ``synthesize`` accepts on this machine (engines not installed are skipped)."""
-    return _flite_voices() + _espeak_voices() + _festival_voices()
+    from emolive.training import espeak
+
+    return _flite_voices() + espeak.voices() + _festival_voices()
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
+def run_tool(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
         # errors='replace': festival echoes words in its voice's 8-bit encoding on stderr.
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=_TIMEOUT_S)
@@ -172,7 +173,7 @@ def _flite(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float
     with tempfile.TemporaryDirectory(prefix="emolive-tts-") as tmp:
         wav = Path(tmp) / "out.wav"
         # -t (not -f) keeps the whole text one utterance, so -psdur times never restart at 0.
-        proc = _run(["flite", "-voice", name, "-psdur", "-t", text, "-o", str(wav)], f"flite:{name}")
+        proc = run_tool(["flite", "-voice", name, "-psdur", "-t", text, "-o", str(wav)], f"flite:{name}")
         audio, sr = _read_wav(wav, f"flite:{name}")
     raw: list[tuple[str, float, float]] = []
     start = 0.0
@@ -186,7 +187,7 @@ def _flite(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float
 @functools.lru_cache(maxsize=1)
 def _flite_voices() -> list[str]:
     try:
-        proc = _run(["flite", "-lv"], "flite")
+        proc = run_tool(["flite", "-lv"], "flite")
     except TTSError:
         return []
     listed = set(proc.stdout.split())
@@ -282,7 +283,7 @@ def _festival_symbol(phoneset: str, symbol: str, voice: str) -> str:
     elif phoneset in _FESTIVAL_PHONESETS:
         ipa = _FESTIVAL_PHONESETS[phoneset].get(symbol)
         if ipa is not None:
-            arpabet = _ipa_to_arpabet(ipa)
+            arpabet = ipa_to_arpabet(ipa)
             if arpabet is not None:
                 return arpabet
     else:
@@ -310,7 +311,7 @@ def _festival(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, fl
         wav = Path(tmp) / "out.wav"
         script = Path(tmp) / "say.scm"
         script.write_bytes(festival_encode(_FESTIVAL_SCRIPT.format(voice=name, text=escaped, wav=wav), name))
-        proc = _run(["festival", "-b", str(script)], voice)
+        proc = run_tool(["festival", "-b", str(script)], voice)
         if not wav.exists():
             # festival -b reports a missing voice on stderr and still exits 0
             raise TTSError(f"{voice}: no audio written: {proc.stderr.strip()[:300]}")
@@ -334,14 +335,14 @@ def _festival_voices() -> list[str]:
         script = Path(tmp) / "list.scm"
         script.write_text('(format t "VOICES %l\\n" (voice.list))\n', encoding="utf-8")
         try:
-            proc = _run(["festival", "-b", str(script)], "festival")
+            proc = run_tool(["festival", "-b", str(script)], "festival")
         except TTSError:
             return []
     found = re.search(r"VOICES \((.*)\)", proc.stdout)
     return [f"festival:{v}" for v in found.group(1).split()] if found else []
 
 
-# ---------------------------------------------------------------------------- espeak-ng
+# ---------------------------------------------------------------------------- IPA
 
 # IPA (as espeak-ng names its phonemes with espeakINITIALIZE_PHONEME_IPA) -> ARPAbet class.
 # Languages without an ARPAbet phone get the nearest one by lip and jaw shape, which is all
@@ -375,7 +376,7 @@ _IPA_TO_ARPABET = {
 _IPA_MODIFIERS = re.compile("[ːˑˈˌ'ʰʲʷˠˤ‿.?\\-]")
 
 
-def _ipa_to_arpabet(name: str) -> str | None:
+def ipa_to_arpabet(name: str) -> str | None:
     """Map one espeak-ng IPA phoneme name to an ARPAbet symbol ('pau' for its '' and '_').
 
     None means a bare diacritic (a lone nasalisation mark): it colours the phone before it.
@@ -395,121 +396,6 @@ def _ipa_to_arpabet(name: str) -> str | None:
         if bare[:size] in _IPA_TO_ARPABET:
             return _IPA_TO_ARPABET[bare[:size]]
     raise TTSError(f"espeak-ng phoneme {name!r} has no ARPAbet class; add it to _IPA_TO_ARPABET")
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    """``espeak_EVENT`` from speak_lib.h."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-_EVENT_LIST_TERMINATED = 0
-_EVENT_PHONEME = 7
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INIT_PHONEME_EVENTS_IPA = 0x0001 | 0x0002
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-
-
-class _Espeak:
-    """The process-wide libespeak-ng instance (the library keeps global state: one caller at a time)."""
-
-    def __init__(self) -> None:
-        path = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
-        try:
-            self.lib = ctypes.CDLL(path)
-        except OSError as exc:
-            raise TTSError("espeak-ng: libespeak-ng is not installed (apt install libespeak-ng1)") from exc
-        self.lock = threading.Lock()
-        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS_IPA)
-        if self.rate <= 0:
-            raise TTSError("espeak-ng: espeak_Initialize failed (is espeak-ng-data installed?)")
-        self._chunks: list[np.ndarray] = []
-        self._starts: list[tuple[str, int]] = []
-        self._callback = _SynthCallback(self._on_synth)  # held so ctypes does not free it
-        self.lib.espeak_SetSynthCallback(self._callback)
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-
-    def _on_synth(self, wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.POINTER(_Event)) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            event = events[i]
-            if event.type == _EVENT_PHONEME:
-                # `sample` is the exact output sample where the phoneme starts (audio_position is ms).
-                self._starts.append((event.id.string.decode("utf-8", "replace"), event.sample))
-            i += 1
-        return 0
-
-    def speak(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"unknown espeak-ng voice {voice!r}; see `python -m training.tts --list-voices`")
-            self._chunks, self._starts = [], []
-            data = text.encode("utf-8")
-            status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if status != 0:
-                raise TTSError(f"espeak-ng:{voice}: espeak_Synth failed with status {status}")
-            self.lib.espeak_Synchronize()
-            pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-            return pcm, self._starts
-
-
-@functools.lru_cache(maxsize=1)
-def _espeak_instance() -> _Espeak:
-    return _Espeak()
-
-
-def _espeak(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
-    engine = _espeak_instance()
-    # espeak_SetVoiceByName matches voice files, not every language code ("en-gb" lives in
-    # gmw/en), so codes go through the voice table; "+f3"-style variants pass through.
-    lang, plus, variant = name.partition("+")
-    pcm, starts = engine.speak(text, _espeak_files().get(lang.lower(), lang) + plus + variant)
-    if not len(pcm):
-        raise TTSError(f"espeak-ng:{name}: no audio produced")
-    sr = engine.rate
-    # "(en)"-style names are language-switch markers, not sounds.
-    starts = [(sym, s) for sym, s in starts if not sym.startswith("(")]
-    raw: list[tuple[str, float, float]] = []
-    for (sym, s), (_, nxt) in zip(starts, starts[1:] + [("", len(pcm))]):
-        symbol = _ipa_to_arpabet(sym)
-        if symbol is None and raw:
-            raw[-1] = (raw[-1][0], raw[-1][1], nxt / sr)
-        else:
-            raw.append((symbol or "pau", s / sr, nxt / sr))
-    return (pcm.astype(np.float32) / 32768.0), sr, raw
-
-
-@functools.lru_cache(maxsize=1)
-def _espeak_files() -> dict[str, str]:
-    """Language code -> voice file ("en-gb" -> "gmw/en"), from ``espeak-ng --voices``."""
-    try:
-        proc = _run(["espeak-ng", "--voices"], "espeak-ng")
-    except TTSError:
-        return {}
-    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
-    # columns: Pty, Language, Age/Gender, VoiceName, File, Other languages
-    return {row[1].lower(): row[4] for row in rows if len(row) >= 5}
-
-
-def _espeak_voices() -> list[str]:
-    return [f"espeak-ng:{lang}" for lang in _espeak_files()]
 
 
 # ---------------------------------------------------------------------------- CLI
