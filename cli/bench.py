@@ -75,8 +75,8 @@ def _motion_spec(text: str) -> str:
     return text
 
 
-MOTION_HELP = (f"motion model of the sessions: {LIVE_MOTION_MODEL} (default: what the server runs for sessions "
-               "that name none), student, student:STEPS, teacher, teacher:STEPS")
+MOTION_HELP = (f"motion model of the sessions (default: {LIVE_MOTION_MODEL}, what the server runs for sessions "
+               "that name none): student, student:STEPS, teacher, teacher:STEPS, baseline")
 
 
 def _add_stream(kinds: Any) -> None:

@@ -15,13 +15,15 @@ def add_eval_parser(commands) -> None:
     lip = kinds.add_parser(
         "lipsync", help="openness r, bilabial closure recall and A/V offset per held-out voice/language",
         description="Synthesises the held-out evaluation set (voices flite:awb, flite:rms, "
-                    "festival:cmu_us_slt_arctic_hts; the Italian language) unless --corpus names one, runs baseline, "
-                    "teacher and student on it, and prints a markdown table; then the same on the real recorded "
-                    "speech that ships in packages, and the student's ms per hop.",
+                    "festival:cmu_us_slt_arctic_hts; the Italian language; festival's example songs in singing mode) "
+                    "unless --corpus names one, runs baseline, teacher and student on it, and prints three markdown "
+                    "tables kept apart: held-out TTS, the real recorded speech that ships in packages (CMU ARCTIC, "
+                    "alsa-utils, the msu_ru_nsh recordings), and singing; then the student's ms per hop.",
     )
     lip.add_argument("--corpus", type=Path, help="an eval.npz written by `emolive train` (default: synthesise it)")
     lip.add_argument("--weights", type=Path, help="folder with teacher/student .safetensors (default: the shipped ones)")
-    lip.add_argument("--per-group", type=int, default=12, help="utterances per held-out voice/language (default: 12)")
+    lip.add_argument("--per-group", type=int, default=12,
+                     help="utterances per held-out voice/language, and songs per singer (default: 12)")
     lip.add_argument("--student-steps", type=int, default=None, help="student sampling steps (default: its own, 2)")
     lip.add_argument("--teacher-steps", type=int, default=None, help="teacher sampling steps (default: its own, 24)")
     lip.add_argument("--seed", type=int, default=0, help="corpus and motion seed (default: 0)")
@@ -39,10 +41,9 @@ def run_lipsync(args: argparse.Namespace) -> None:
 
     import torch
 
-    from emolive.engine.motion.baseline import BaselineMotion
-    from emolive.engine.motion.diffusion import WEIGHTS_DIR, DiffusionMotion
+    from emolive.engine.motion.diffusion import WEIGHTS_DIR
     from emolive.training.corpus import load_corpus, plan_corpus, run_jobs
-    from emolive.training.evaluate import evaluate_models, markdown_table, ms_per_hop
+    from emolive.training.recipe import evaluate_clips
 
     torch.set_num_threads(1)
     weights = args.weights or WEIGHTS_DIR
@@ -65,35 +66,17 @@ def run_lipsync(args: argparse.Namespace) -> None:
             if made:
                 c = made[0]
                 clips.append((c["audio"], [Phone(*p) for p in c["phones"]], c["group"]))
-    models = {
-        "baseline": BaselineMotion(),
-        "teacher": DiffusionMotion.from_file(weights / "teacher.safetensors", steps=args.teacher_steps, name="teacher"),
-        "student": DiffusionMotion.from_file(weights / "student.safetensors", steps=args.student_steps, name="student"),
-    }
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    results = evaluate_models(models, clips, seed=args.seed, log=log)
-    hop = {name: ms_per_hop(m) for name, m in models.items()}
-    print(f"## Lip sync on held-out voices and language ({len(clips)} utterances)\n")
-    print(markdown_table(results, hop))
-    out = {"synthetic": {n: s.summary() for n, s in results.items()}, "ms_per_hop": hop}
-    if not args.no_real:
-        from emolive.training.realspeech import real_clips
-
-        real = real_clips()
-        if real:
-            real_results = evaluate_models(models, real, seed=args.seed, log=log)
-            print("\n## Real recorded speech (shipped in packages; never trained on)\n")
-            lines = ["| model | clip | openness r | closure recall | best offset (ms) |", "|---|---|---:|---:|---:|"]
-            for name, s in real_results.items():
-                for g in s.groups():
-                    r, rec, off = s.summary(g)
-                    closures = sum(c.closures for c in s.clips if c.group == g)
-                    lines.append(f"| {name} | {g} | {r:.3f} | {f'{rec:.3f}' if closures else 'n/a'} | {off:+.0f} |")
-            print("\n".join(lines))
-            out["real"] = {n: {g: s.summary(g) for g in s.groups()} for n, s in real_results.items()}
-        else:
-            print("\n(no real recorded speech found on this machine)")
-    print(f"\nstudent: {hop['student']:.2f} ms per 2-frame hop (80 ms of audio) on one core, "
-          f"{hop['student'] / 2:.2f} ms per 40 ms")
+    out = evaluate_clips(clips, weights, args.teacher_steps, args.student_steps, log=log, seed=args.seed,
+                         real=not args.no_real)
+    tts = sum(1 for c in clips if not c[2].startswith("sing:"))
+    print(f"## Lip sync on held-out TTS voices and language ({tts} utterances)\n")
+    print(out["table"])
+    print("\n## Real recorded speech (shipped in packages; never trained on)\n")
+    print(out.get("real_table", "(skipped)" if args.no_real else "(no real recorded speech found on this machine)"))
+    print(f"\n## Singing ({len(clips) - tts} songs; festival singing mode, tunes never trained on)\n")
+    print(out.get("singing_table", "(no singing clips)"))
+    hop = out["ms_per_hop"]["student"]
+    print(f"\nstudent: {hop:.2f} ms per 2 frames (80 ms of audio) on one core")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

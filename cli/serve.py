@@ -82,9 +82,9 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
                        help="where uploaded avatars and their registrations are kept "
                             "(default: $EMOLIVE_DATA_DIR or ~/.local/share/emolive)")
     serve.add_argument("--motion", default=None, metavar="MODEL",
-                       help="motion model for sessions that do not choose one: baseline (default: one frame of "
-                            "lookahead, the lowest latency), student (far better lip sync, one frame more of "
-                            "lookahead), student:STEPS, teacher or teacher:STEPS")
+                       help="motion model for sessions that do not choose one: student (default: the trained "
+                            "model, one frame of lookahead), student:STEPS, teacher, teacher:STEPS, or baseline "
+                            "(hand-built, the same latency, no denoiser: the least CPU)")
     serve.add_argument("--motion-backend", choices=BACKENDS, default=None,
                        help="where the diffusion models' denoiser runs: onnxruntime (default; its ONNX file is "
                             "exported into the cache at first use), torch, or tensorrt (fp16 on a CUDA GPU)")

@@ -23,6 +23,14 @@ def add_train_parser(commands) -> None:
                        help="work directory for the corpus, weights and metrics (default: artifacts/recipe)")
     train.add_argument("--reuse-corpus", action="store_true",
                        help="skip synthesis when OUT/corpus was built with the same plan and seed")
+    train.add_argument("--n-train", type=int, metavar="N", help="training utterances (default: the scale's; 1600 at full)")
+    train.add_argument("--teacher-minutes", type=float, metavar="MIN",
+                       help="stop the teacher after MIN minutes (a shorter run on a busy machine)")
+    train.add_argument("--student-minutes", type=float, metavar="MIN",
+                       help="stop the student's distillation after MIN minutes")
+    train.add_argument("--warm-start", type=Path, metavar="CHECKPOINT",
+                       help="start the teacher from this teacher .safetensors (hop and lookahead may differ) with a "
+                            "shorter, gentler schedule than from scratch")
     train.add_argument("--install", action="store_true",
                        help="copy the resulting weights, metrics and model card into engine/motion/weights")
 
@@ -32,4 +40,14 @@ def run_train(args: argparse.Namespace) -> None:
 
     if args.seed < 0:
         raise BadInputError(f"--seed must be >= 0, got {args.seed}")
-    run_recipe(args.out, seed=args.seed, scale=args.scale, install=args.install, reuse_corpus=args.reuse_corpus)
+    if args.n_train is not None and args.n_train < 1:
+        raise BadInputError(f"--n-train must be >= 1, got {args.n_train}")
+    if args.warm_start is not None and not args.warm_start.is_file():
+        raise BadInputError(f"{args.warm_start}: no such checkpoint")
+    for flag in ("teacher_minutes", "student_minutes"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise BadInputError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
+    run_recipe(args.out, seed=args.seed, scale=args.scale, install=args.install, reuse_corpus=args.reuse_corpus,
+               n_train=args.n_train, teacher_minutes=args.teacher_minutes, student_minutes=args.student_minutes,
+               warm_start=args.warm_start)

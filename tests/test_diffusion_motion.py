@@ -155,3 +155,73 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     out = generate(motion, silence(1.0), MotionControls())
     assert out.frames.shape == (FPS, NUM_CHANNELS)
     assert math.isfinite(float(out.frames.sum()))
+
+
+def _random_model(cfg: DiTConfig) -> MotionDiT:
+    torch.manual_seed(0)
+    model = MotionDiT(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("hop, lookahead", [(2, 2), (1, 1)])
+def test_checkpoints_of_either_design_load_and_stream_one_frame_a_tick(tmp_path, speech, hop: int, lookahead: int) -> None:
+    """v6 (2-frame hops, 2 frames of lookahead) and v7 (1 and 1, normalised features) both load
+    from their stored config; stepping one frame a tick, as a live session does, streams."""
+    features, _ = speech
+    cfg = DiTConfig(past_frames=8, audio_hidden=16, d_model=32, depth=1, heads=2, hop_frames=hop,
+                    lookahead=lookahead, feature_norm=hop == 1)
+    model = _random_model(cfg)
+    if cfg.feature_norm:
+        model.audio_prior.copy_(torch.from_numpy(features.mean(axis=(0, 1))))
+    save_model(model, tmp_path / "m.safetensors", kind="student", steps=2)
+    motion = DiffusionMotion.from_file(tmp_path / "m.safetensors", backend="torch")
+    assert motion.lookahead_frames == lookahead and motion.cfg == cfg
+    controls = MotionControls(seed=3)
+    expected = generate(motion, features, controls).frames
+    padded = np.concatenate([features, np.full((lookahead, 4, 80), SILENCE_FEATURE, np.float32)])
+    motion.start(controls)
+    ticks = np.concatenate([motion.step(padded[i : i + 1 + lookahead]) for i in range(len(features))])
+    if hop == 1:  # a live session's frames are exactly the offline ones
+        np.testing.assert_allclose(ticks, expected, atol=1e-5)
+    else:
+        assert ticks.shape == expected.shape and np.isfinite(ticks).all()
+
+
+def test_normalised_training_windows_are_what_the_stream_sees(speech) -> None:
+    """The audio windows a model is trained on (training.dataset, normalised offline) are the
+    ones it is given when a stream is stepped frame by frame, feature normalisation included."""
+    from emolive.training.corpus import Corpus
+    from emolive.training.dataset import WindowSampler
+
+    features, _ = speech
+    features = features.astype(np.float16)  # as the corpus stores them
+    n = len(features)
+    cfg = DiTConfig(past_frames=8, audio_hidden=16, d_model=32, depth=1, heads=2, hop_frames=1, lookahead=1,
+                    feature_norm=True)
+    corpus = Corpus(features, np.zeros((n, NUM_CHANNELS), np.float32), np.array([n]), np.zeros((1, 3), np.float32),
+                    np.array(["v"]), np.array(["t"]), np.array(["g"]), [[]])
+    sampler = WindowSampler(corpus, cfg, np.zeros(NUM_CHANNELS), np.ones(NUM_CHANNELS), seed=0)
+    model = _random_model(cfg)
+    model.audio_prior.copy_(torch.from_numpy(sampler.audio_prior))
+    seen = []
+
+    class Recorder:
+        backend = "torch"
+
+        def __call__(self, inputs):
+            seen.append(inputs.audio[0].copy())
+            return np.zeros_like(inputs.x_t)
+
+    motion = DiffusionMotion(model, steps=1, denoiser=Recorder())
+    motion.start(MotionControls())
+    padded = np.concatenate([features.astype(np.float32), np.full((1, 4, 80), SILENCE_FEATURE, np.float32)])
+    for i in range(n):
+        motion.step(padded[i : i + 2])
+    starts = sampler.starts[:n]
+    assert np.abs(sampler.norm[starts]).max() > 0.05  # the running mean moved away from the prior
+    for i, t in enumerate(starts):  # sampler.sample's window for a hop starting at frame i
+        window = sampler.features[t + sampler.audio_offsets].astype(np.float32) + sampler.norm[t]
+        np.testing.assert_allclose(seen[i], window, atol=2e-3)  # the corpus keeps float16 features

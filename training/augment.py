@@ -7,11 +7,12 @@ the factor its timeline was stretched by (tempo changes move every phone):
 - tempo (0.8-1.25, WSOLA, pitch kept) and pitch (±4 semitones) through ``sox``;
 - a random smooth EQ (±8 dB over frequency, i.e. another microphone and mouth-to-mic path);
 - reverb: a synthetic room impulse response (exponentially decaying noise, RT60 0.1-0.7 s);
-- band-limiting or a codec: telephone band + 8 kHz µ-law, Opus or MP3 at low bit rates (PyAV),
-  or a plain low-pass;
+- band-limiting or a codec: telephone band + 8 kHz µ-law, Opus or MP3 at low bit rates, G.722
+  (wideband telephony, 64 kbit/s) (PyAV), or a plain low-pass;
 - noise: white, pink or brown at 5-40 dB SNR, or mains hum;
 - resampling through another rate (8, 11.025, 22.05, 44.1, 48 kHz) and back;
-- gain: peak level from -35 to 0 dBFS, occasionally clipped.
+- gain: peak level from -35 to 0 dBFS, sometimes riding up and down by up to ±8 dB within the
+  utterance (a speaker moving off the microphone, automatic gain control), occasionally clipped.
 
 Everything draws from the ``numpy.random.Generator`` it is given: same seed, same audio.
 """
@@ -96,7 +97,7 @@ def _mulaw(x: np.ndarray) -> np.ndarray:
 
 
 def _codec(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    kind = rng.choice(["telephone", "opus", "mp3", "lowpass"])
+    kind = rng.choice(["telephone", "opus", "mp3", "g722", "lowpass"])
     if kind == "telephone":
         from scipy.signal import butter, sosfilt
 
@@ -118,14 +119,18 @@ def _codec(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _av_roundtrip(audio: np.ndarray, kind: str, bitrate: int) -> np.ndarray:
     import av
 
-    codec, fmt, rate = ("libopus", "ogg", 48000) if kind == "opus" else ("libmp3lame", "mp3", 22050)
+    codec, fmt, rate = {"opus": ("libopus", "ogg", 48000), "mp3": ("libmp3lame", "mp3", 22050),
+                        "g722": ("g722", "wav", SR)}[kind]
     x = soxr.resample(audio, SR, rate).astype(np.float32)
     buf = io.BytesIO()
     with av.open(buf, "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate)
-        stream.bit_rate = bitrate
+        if kind != "g722":  # G.722 has one rate: 64 kbit/s
+            stream.bit_rate = bitrate
         stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
+        sample_format = "s16" if kind == "g722" else "flt"
+        samples = (np.clip(x, -1, 1) * 32767).astype(np.int16) if kind == "g722" else x
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format=sample_format, layout="mono")
         frame.sample_rate = rate
         for packet in stream.encode(frame):
             out.mux(packet)
@@ -133,7 +138,7 @@ def _av_roundtrip(audio: np.ndarray, kind: str, bitrate: int) -> np.ndarray:
             out.mux(packet)
     buf.seek(0)
     planes = []
-    with av.open(buf, "r") as inp:
+    with av.open(buf, "r", format=fmt) as inp:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SR)
         for frame in inp.decode(audio=0):
             for f in resampler.resample(frame):
@@ -149,7 +154,9 @@ def _av_roundtrip(audio: np.ndarray, kind: str, bitrate: int) -> np.ndarray:
 
 
 def _best_lag(ref: np.ndarray, y: np.ndarray, max_lag: int) -> int:
-    n = min(len(ref), len(y), 4 * SR)
+    # The compared stretch leaves room for every lag (a decoder that returns exactly the input's
+    # length, such as G.722's, would otherwise be compared at lag 0 only).
+    n = max(1, min(len(ref), len(y) - max_lag, 4 * SR))
     a, b = ref[:n].astype(np.float64), y[: n + max_lag].astype(np.float64)
     best, best_lag = -np.inf, 0
     for lag in range(0, max_lag, 8):
@@ -224,6 +231,10 @@ def _gain(x: np.ndarray, rng: np.random.Generator, quiet: bool = True) -> np.nda
     peak = float(np.abs(x).max()) + 1e-9
     level_db = rng.uniform(-35.0 if quiet else -20.0, 0.0)
     y = x / peak * 10 ** (level_db / 20)
+    if quiet and rng.random() < 0.3:  # the level rides: 0.2-1 Hz, up to ±8 dB
+        t = np.arange(len(y)) / SR
+        ride_db = rng.uniform(2.0, 8.0) * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t + rng.uniform(0, 6.3))
+        y = y * 10 ** (ride_db / 20)
     if rng.random() < 0.05:  # overdriven input
         y = np.clip(y * rng.uniform(1.5, 3.0), -1, 1)
     return y.astype(np.float32)

@@ -10,16 +10,21 @@ package. Voices (``emolive.training.tts``; MBROLA and svox-pico are non-free and
   (several accents) and ~25 other Latin-script languages, each with random voice variants;
 - train, ~18 % of the utterances (``FESTIVAL_VOICES``): festival voices that sound more
   natural than the diphone and formant ones, so that held-out natural voices are less far
-  from everything seen: Catalan ``upc_ca_ona_hts`` (HTS, the largest part), Russian
-  ``msu_ru_nsh_clunits`` (unit selection), US English ``ked_diphone``, Czech ``czech_dita``,
-  ``czech_krb``, ``czech_machac``, ``czech_ph`` and Finnish ``suo_fi_lj_diphone``,
-  ``hy_fi_mv_diphone``. Their text: Catalan sentences written here and ``wcatalan`` words,
-  ``fortunes-cs`` (not its Slovak file), ``fortunes-ru``, Finnish pseudo-words, English as above;
+  from everything seen: Catalan ``upc_ca_ona_hts`` (HTS, the largest part), US English
+  ``ked_diphone``, Czech ``czech_dita``, ``czech_krb``, ``czech_machac``, ``czech_ph`` and
+  Finnish ``suo_fi_lj_diphone``, ``hy_fi_mv_diphone``; and Russian from espeak-ng. Their text:
+  Catalan sentences written here and ``wcatalan`` words, ``fortunes-cs`` (not its Slovak file),
+  ``fortunes-ru``, Finnish pseudo-words, English as above. The Russian unit-selection voice
+  ``msu_ru_nsh_clunits`` is not used: it is spliced from the recordings its package ships,
+  which are real recorded speech for evaluation (``emolive.training.realspeech``);
+- train, ~6 % of the utterances: singing (``emolive.training.singing``), random tunes on English words
+  sung by festival ``kal_diphone`` and ``ked_diphone``;
 - held out, evaluation only: flite ``awb`` and ``rms``, festival ``cmu_us_slt_arctic_hts``
   and the whole Italian language (espeak-ng ``it`` with three variants, text from
   ``fortunes-it``; festival's Italian voices are never installed for training). No held-out
   voice or language is ever synthesised for training, and the English evaluation sentences
-  are disjoint from the training sentences.
+  are disjoint from the training sentences. Singing is evaluated on the songs festival ships
+  as examples (lyrics and tunes never sung in training), per singer.
 
 Each training utterance is augmented (``emolive.training.augment``) into ``copies`` versions, each with
 its own seeded motion targets (``emolive.training.targets``) and controls. Everything is seeded from
@@ -42,6 +47,7 @@ import numpy as np
 from emolive.engine.audio import log_mel, video_frame_features
 from emolive.engine.motion_space import FPS
 from emolive.training.augment import augment, to_16k
+from emolive.training.singing import SINGERS, eval_songs, random_song, sing
 from emolive.training.targets import Controls, motion_targets
 from emolive.training.tts import Phone, TTSError, Utterance, festival_encode, synthesize
 
@@ -66,12 +72,15 @@ ESPEAK_PSEUDO_LANGUAGES = ("cs", "fi", "hu", "tr", "ro", "id", "sw", "hr", "sk",
 # Festival is slow (a process per utterance, 0.5-1.5 s each): 18 % keeps the build time modest.
 FESTIVAL_VOICES = {
     "festival:upc_ca_ona_hts": ("ca", 6.0),
-    "festival:msu_ru_nsh_clunits": ("ru", 3.0),
+    # Russian from espeak-ng, not festival's msu_ru_nsh_clunits: that voice is spliced from the
+    # recordings it ships, which training.realspeech keeps apart as real speech for evaluation.
+    "espeak-ng:ru": ("ru", 3.0),
     "festival:ked_diphone": ("en", 3.0),
     "festival:czech_dita": ("cs", 1.0), "festival:czech_krb": ("cs", 1.0),
     "festival:czech_machac": ("cs", 1.0), "festival:czech_ph": ("cs", 1.0),
     "festival:suo_fi_lj_diphone": ("fi", 1.0), "festival:hy_fi_mv_diphone": ("fi", 1.0),
 }
+SING_SHARE = 0.06  # share of the training utterances that are sung (training.singing)
 FESTIVAL_SHARE = sum(w for _, w in FESTIVAL_VOICES.values()) / 100.0
 # Their text, where a package has some (Finnish has none: pseudo-words). fortunes-cs also
 # ships Slovak, which the Czech front end would misread.
@@ -346,9 +355,14 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
     fest_texts = festival_texts() if n_train > 0 else {}
     fest_voices = list(FESTIVAL_VOICES)
     fest_weights = [w for _, w in FESTIVAL_VOICES.values()]
+    song_words = [w for w in english_words if w.isalpha() and w.islower()]
     plan = CorpusPlan()
     e_iter = iter(english)
     for i in range(n_train):
+        if rng.random() < SING_SHARE and song_words:
+            singer = rng.choice(SINGERS)
+            plan.train.append(Job(i, f"festival-sing:{singer}", random_song(song_words, rng), seed * 1_000_003 + i))
+            continue
         u = rng.random()
         if u < FESTIVAL_SHARE:
             voice = rng.choices(fest_voices, fest_weights)[0]
@@ -403,6 +417,10 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
         voice = HELD_OUT_LANGUAGE_VOICES[j % len(HELD_OUT_LANGUAGE_VOICES)]
         plan.eval.append(Job(k, voice, it_texts[j % len(it_texts)], seed * 7 + k, "eval", HELD_OUT_LANGUAGE))
         k += 1
+    for singer in SINGERS:
+        for _, score in eval_songs()[:eval_per_group]:
+            plan.eval.append(Job(k, f"festival-sing:{singer}", score, seed * 7 + k, "eval", f"sing:{singer}"))
+            k += 1
     return plan
 
 
@@ -452,11 +470,13 @@ def _random_controls(rng: np.random.Generator) -> Controls:
 
 def synth_job(job: Job, copies: int) -> list[dict] | None:
     """Synthesise one job; train jobs give ``copies`` augmented clips, eval jobs one clean clip."""
+    singing = job.voice.startswith("festival-sing:")
     try:
-        utt = synthesize(job.text, job.voice)
+        utt = sing(job.text, job.voice.partition(":")[2]) if singing else synthesize(job.text, job.voice)
     except (TTSError, ValueError):
         return None
-    if utt.duration < 0.6 or utt.duration > 14.0:
+    # The example songs festival ships run up to 20 s; training clips stay under 14 s.
+    if utt.duration < 0.6 or utt.duration > (25.0 if singing and job.split == "eval" else 14.0):
         return None
     if job.voice.startswith("espeak-ng:"):
         utt.phones = repair_espeak_phones(utt.phones, utt.audio, utt.rate)

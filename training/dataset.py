@@ -4,7 +4,8 @@ For a hop starting at frame ``t`` of a clip: the audio features of frames ``t - 
 t + H + L - 1`` (digital silence outside the clip), the ``K`` target frames before ``t`` (rest
 frames before the clip: a stream starts with a buffer of rest frames), the ``H`` target frames
 of the hop, and the clip's controls. A share of windows are "hop of 1" windows whose last audio
-frame is marked missing (what a stream cut in odd chunks sees).
+frame is marked missing (what a stream cut in odd chunks sees). With ``cfg.feature_norm``, each
+window is normalised per band exactly as a stream would be at that hop (:mod:`emolive.engine.motion.featnorm`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from emolive.engine.audio import MELS_PER_FRAME, SILENCE_FEATURE
 from emolive.engine.motion.diffusion import BLINK_INDEX, blink_clock, frames_since_blink_onset
 from emolive.engine.motion.dit import DiTConfig
+from emolive.engine.motion.featnorm import SILENT_MARGIN, offsets as band_offsets
 from emolive.training.corpus import Corpus
 from emolive.training.visemes import phone_classes
 
@@ -37,9 +39,10 @@ class WindowSampler:
 
     def __init__(self, corpus: Corpus, cfg: DiTConfig, mean: np.ndarray, std: np.ndarray, seed: int) -> None:
         self.cfg = cfg
+        self.audio_prior = feature_prior(corpus.features) if cfg.feature_norm else None
         pre = max(cfg.past_frames, cfg.audio_past)
         post = cfg.hop_frames + cfg.lookahead
-        feats, targs, starts, clip_of, clocks, labels = [], [], [], [], [], []
+        feats, targs, starts, clip_of, clocks, labels, norm = [], [], [], [], [], [], []
         pos = 0
         rest = ((0.0 - mean) / std).astype(np.float32)
         offsets = corpus.offsets
@@ -48,6 +51,8 @@ class WindowSampler:
             feats.append(np.full((pre, 4, 80), SILENCE_FEATURE, np.float16))
             feats.append(corpus.features[a:b])
             feats.append(np.full((post, 4, 80), SILENCE_FEATURE, np.float16))
+            if self.audio_prior is not None:  # a stream that starts `pre` frames before the clip
+                norm.append(band_offsets(np.concatenate(feats[-3:]).astype(np.float32), self.audio_prior))
             labels.append(np.zeros((pre, MELS_PER_FRAME), np.int16))
             labels.append(phone_classes(corpus.phones[i], int(n) * MELS_PER_FRAME).reshape(int(n), MELS_PER_FRAME))
             labels.append(np.zeros((post, MELS_PER_FRAME), np.int16))
@@ -63,6 +68,7 @@ class WindowSampler:
             clip_of.append(np.full(n_starts, i))
             pos += pre + int(n) + post
         self.features = np.concatenate(feats)
+        self.norm = np.concatenate(norm) if norm else None  # (N, 80): each hop start's offset
         self.phones = np.concatenate(labels)
         self.targets = np.concatenate(targs)
         self.clock = np.concatenate(clocks)
@@ -85,10 +91,13 @@ class WindowSampler:
         past = self.targets[t[:, None] + self.past_offsets]
         target = self.targets[t[:, None] + self.hop_offsets]
         controls = np.concatenate([self.controls[self.clip_of[pick]], self.clock[t][:, None]], axis=1)
-        hop1 = self.rng.random(batch) < hop1_share
+        # With one-frame hops there is no shorter hop: the last frame is lookahead, never missing.
+        hop1 = (self.rng.random(batch) < hop1_share) & (cfg.hop_frames > 1)
         missing = np.zeros((batch, cfg.audio_frames), bool)
         missing[hop1, -1] = True
         audio[hop1, -1] = SILENCE_FEATURE
+        if self.norm is not None:
+            audio += self.norm[t][:, None, None, :]
         phones = self.phones[t[:, None] + self.audio_offsets].astype(np.int64)
         phones[missing] = -1
         return Batch(
@@ -96,6 +105,17 @@ class WindowSampler:
             torch.from_numpy(controls), torch.from_numpy(missing),
             torch.from_numpy(np.where(hop1, 1, cfg.hop_frames)), torch.from_numpy(phones),
         )
+
+
+def feature_prior(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Mean log-mel per band over the frames that are not digital silence: (80,) float32."""
+    total, count = np.zeros(features.shape[-1]), 0
+    for begin in range(0, len(features), chunk):
+        frames = np.asarray(features[begin : begin + chunk], np.float32)
+        keep = frames.max(axis=(1, 2)) >= SILENCE_FEATURE + SILENT_MARGIN
+        total += frames[keep].sum(axis=(0, 1), dtype=np.float64)
+        count += int(keep.sum()) * frames.shape[1]
+    return (total / max(1, count)).astype(np.float32)
 
 
 def channel_stats(targets: np.ndarray, floor: float = 0.02) -> tuple[np.ndarray, np.ndarray]:

@@ -24,26 +24,30 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "## Model",
         f"- DiT denoiser: d={cfg['d_model']}, {cfg['depth']} blocks, {cfg['heads']} heads, MLP ×{cfg['mlp_ratio']}, "
         f"{m['parameters']:,} parameters (float32).",
-        f"- Tokens: {cfg['past_frames']} past motion frames (rolling buffer) + {cfg['hop_frames']} hop frames + "
-        f"{cfg['lookahead']} lookahead frames (80 ms); audio window {cfg['audio_past']} past + hop + lookahead video "
-        "frames of 80-band log-mel through a 1-D conv encoder; adaLN-Zero from diffusion time + controls "
+        f"- Tokens: {cfg['past_frames']} past motion frames (rolling buffer) + {cfg['hop_frames']} hop frame(s) + "
+        f"{cfg['lookahead']} lookahead frame(s) ({40 * cfg['lookahead']} ms); audio window {cfg['audio_past']} past + "
+        "hop + lookahead video frames of 80-band log-mel"
+        + (", normalised per band by the stream's running mean (`emolive.engine.motion.featnorm`)," if cfg.get("feature_norm")
+           else "")
+        + " through a 1-D conv encoder; adaLN-Zero from diffusion time + controls "
         "(head-motion intensity, head speed, expressiveness) and the blink clock (time since the model's last blink).",
-        "- Output: all 35 motion channels (head pose + ARKit blendshapes) of the next 2 frames.",
+        f"- Output: all 35 motion channels (head pose + ARKit blendshapes) of the next {cfg['hop_frames']} frame(s).",
         "- Files: " + ", ".join(f"`{k}` {v / 1e6:.1f} MB" for k, v in sorted(size.items())),
         "",
         "## Data",
         f"- {c['train_utterances']} synthesised utterances × {c['copies']} augmented copies = {c['train_clips']} clips, "
         f"{c['train_minutes']:.0f} minutes of audio; {len(c['voices'])} distinct training voices "
         "(flite slt/kal/kal16, festival kal_diphone, espeak-ng English accents and 34 other languages with voice variants; "
-        "festival ked_diphone, Catalan HTS upc_ca_ona_hts, Russian msu_ru_nsh_clunits, Czech dita/krb/machac/ph and "
-        "Finnish suo_fi_lj/hy_fi_mv).",
+        "festival ked_diphone, Catalan HTS upc_ca_ona_hts, Czech dita/krb/machac/ph and Finnish suo_fi_lj/hy_fi_mv; "
+        "singing: festival kal_diphone and ked_diphone in singing mode on random tunes).",
         "- Text: fortunes-min / fortunes-de / fortunes-es / fortunes-cs / fortunes-ru sentences, Debian word lists, "
         "sentences written for phone coverage (English, Catalan), pseudo-words in each language's spelling.",
         f"- Held out (evaluation only): voices {', '.join(c['held_out_voices'])}; the whole language "
         f"`{c['held_out_language']}` ({', '.join(c['held_out_language_voices'])}).",
         "- Targets: phone -> viseme -> blendshapes with dominance-blended coarticulation, bilabial closures pinned, "
         "prosody-driven brows/nods, seeded blinks and head sway (see `training/targets.py`).",
-        "- Augmentation: tempo/pitch, EQ, reverb, codecs/band limits, noise, resampling, gain.",
+        "- Augmentation: tempo/pitch, EQ, reverb (synthetic room impulse responses), telephone band + 8 kHz µ-law, "
+        "Opus / MP3 / G.722 round trips, low-pass, noise and hum, resampling, gain and level rides.",
         "- No recorded human speech was used for training.",
         "",
         "## Training (one CPU thread)",
@@ -55,6 +59,9 @@ def write_model_card(metrics: dict, path: Path) -> None:
         f"total {t['total_s'] / 60:.1f} min. Seed {metrics['seed']}.",
         f"- Teacher loss {tr['teacher_loss_first']:.3f} -> {tr['teacher_loss_last']:.3f}; "
         f"student 2-step error {tr['student_loss_first']:.4f} -> {tr['student_loss_last']:.4f}.",
+        *([f"- The teacher was fine-tuned from `{Path(tr['teacher']['init_from']).name}` (`emolive train --warm-start`; "
+            "v7: the v6 teacher, whose 2-frame hops and lookahead were adapted to one frame)."]
+          if tr["teacher"].get("init_from") else []),
         *_phone_loss_lines(tr),
         f"- The lip seal (`mouthClose`) weighs {SEAL_WEIGHT:g}× a non-lip channel in the denoising loss (the other "
         f"lip channels {LIP_WEIGHT:g}×).",
@@ -79,6 +86,10 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "Real recorded speech (never trained on; see training/realspeech.py):",
         "",
         metrics.get("real_table", "(no real speech clips on the machine that trained this)"),
+        "",
+        "Singing (festival's example songs, sung by its diphone voices; see training/singing.py):",
+        "",
+        metrics.get("singing_table", "(no singing evaluated)"),
         "",
         "Openness r: Pearson r of jawOpen × (1 − mouthClose) with the phone-based ground truth "
         "(`emolive.training.visemes.openness`); closure recall: share of m/b/p closures ≥ 40 ms with a frame whose gap is "

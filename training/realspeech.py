@@ -9,6 +9,12 @@
   another speaker saying "front left" etc. No alignment ships with them: the phones of the same
   words from flite are mapped onto the recording by dynamic time warping of the log-mel
   (a forced alignment good to a frame or two). No bilabials, so only openness r is measured.
+- ``/usr/share/festival/voices/russian/msu_ru_nsh_clunits/{wav,lab}`` (Debian
+  ``festvox-ru``): the studio recordings (16 kHz) of one Russian speaker that festival's
+  unit-selection voice is spliced from, with their phone labels. The first
+  :data:`MSU_CLIPS` of 2-9 s are used. That voice is therefore not a training voice
+  (``emolive.training.corpus``): neither the speaker nor the recordings are ever trained on; Russian
+  is (espeak-ng).
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from emolive.engine.audio import load_audio, log_mel
-from emolive.training.tts import Phone, synthesize
+from emolive.training.tts import Phone, _festival_symbol, synthesize
 
 DATA = Path(__file__).parent / "data" / "real_speech"
 ALSA = Path("/usr/share/sounds/alsa")
+MSU_RU = Path("/usr/share/festival/voices/russian/msu_ru_nsh_clunits")
+MSU_CLIPS = 24
 ALSA_CLIPS = {
     "Front_Left": "Front left.", "Front_Right": "Front right.", "Front_Center": "Front center.",
     "Rear_Left": "Rear left.", "Rear_Right": "Rear right.", "Rear_Center": "Rear center.",
@@ -111,9 +119,41 @@ def alsa_clips() -> list[tuple[np.ndarray, list[Phone], str]]:
     return clips
 
 
+def read_festvox_labels(path: Path) -> list[Phone]:
+    """Phones of a festvox ``.lab`` file (``end 125 name`` lines after ``#``) in the msu_ru phone set."""
+    phones, start = [], 0.0
+    for line in path.read_text(encoding="utf-8").split("#", 1)[1].splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            end = float(parts[0])
+            if end > start:
+                phones.append(Phone(_festival_symbol("msu_ru", parts[2], "real:ru_msu_nsh"), start, end))
+                start = end
+    return phones
+
+
+def msu_ru_clips(count: int = MSU_CLIPS) -> list[tuple[np.ndarray, list[Phone], str]]:
+    """The first ``count`` msu_ru_nsh recordings of 2-9 s with their labels (none if not installed)."""
+    clips = []
+    for lab in sorted((MSU_RU / "lab").glob("ru_*.lab")):
+        wav = MSU_RU / "wav" / f"{lab.stem}.wav"
+        if len(clips) >= count or not wav.is_file():
+            continue
+        audio = load_audio(wav)
+        duration = len(audio) / 16000
+        if not 2.0 <= duration <= 9.0:
+            continue
+        phones = [p for p in read_festvox_labels(lab) if p.start < duration]
+        last = phones[-1]
+        phones[-1] = Phone(last.symbol, last.start, duration)
+        if phones[-1].end > phones[-1].start:
+            clips.append((audio, phones, "real:ru_msu_nsh"))
+    return clips
+
+
 def real_clips() -> list[tuple[np.ndarray, list[Phone], str]]:
     """Every real-speech clip available on this machine (audio 16 kHz, phones, group)."""
-    clips = []
+    clips = msu_ru_clips()
     arctic = arctic_clip()
     if arctic is not None:
         clips.append(arctic)

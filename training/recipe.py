@@ -39,9 +39,12 @@ class RecipeConfig:
     n_train: int = 1600
     copies: int = 2
     eval_per_group: int = 12
-    model: DiTConfig = field(default_factory=lambda: DiTConfig(past_frames=12, audio_hidden=128))
+    # One-frame hops and one frame (40 ms) of lookahead: what a live session steps every tick,
+    # so offline and live frames are the same, and audio -> frame latency is the baseline's.
+    model: DiTConfig = field(default_factory=lambda: DiTConfig(
+        past_frames=12, audio_hidden=128, hop_frames=1, lookahead=1, feature_norm=True))
     teacher: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3200, batch=256, context_noise=0.2))
-    student: DistillConfig = field(default_factory=lambda: DistillConfig(pairs=8192, steps=400, batch=192))
+    student: DistillConfig = field(default_factory=lambda: DistillConfig(pairs=8192, steps=800, batch=192))
     teacher_steps: int = 24
     student_steps: int = 2
     workers: int = 2
@@ -53,14 +56,18 @@ SCALES = {
     "full": RecipeConfig,
     "smoke": lambda: RecipeConfig(
         n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0, calibration_per_voice=1, teacher_steps=8,
-        model=DiTConfig(past_frames=8, audio_hidden=32, d_model=64, depth=2, heads=2),
+        model=DiTConfig(past_frames=8, audio_hidden=32, d_model=64, depth=2, heads=2, hop_frames=1, lookahead=1,
+                        feature_norm=True),
         teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
         student=DistillConfig(pairs=512, pair_batch=256, steps=30, batch=64, warmup=5),
     ),
 }
 
 
-CORPUS_VERSION = 2  # 2: tighter jaw and lip-seal reach in training.targets
+# Fine-tuning a trained teacher (--warm-start): fewer steps at a lower rate than from scratch.
+WARM_START = lambda: TrainConfig(steps=1200, batch=256, lr=5e-4, warmup=50, context_noise=0.2)  # noqa: E731
+
+CORPUS_VERSION = 3  # 2: tighter jaw and lip-seal reach in training.targets; 3: singing, no msu_ru_nsh, G.722
 
 
 def _log(message: str) -> None:
@@ -68,10 +75,24 @@ def _log(message: str) -> None:
 
 
 def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool = False,
-               log=_log, reuse_corpus: bool = False) -> dict:
-    """Run everything; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
+               log=_log, reuse_corpus: bool = False, n_train: int | None = None,
+               teacher_minutes: float | None = None, student_minutes: float | None = None,
+               warm_start: Path | None = None) -> dict:
+    """Run everything; returns the metrics dict (also written to ``out_dir/metrics.json``).
+    ``n_train`` and the time limits on teacher and student shorten a run on a busy machine;
+    ``warm_start`` starts the teacher from a teacher checkpoint (:func:`emolive.training.train.warm_start`)
+    with :data:`WARM_START` training instead of the scale's."""
     torch.set_num_threads(1)
     cfg = SCALES[scale]()
+    if n_train is not None:
+        cfg.n_train = n_train
+    if warm_start is not None:
+        cfg.teacher = WARM_START()
+        cfg.teacher.init_from = str(warm_start)
+    if teacher_minutes is not None:
+        cfg.teacher.time_limit_s = teacher_minutes * 60.0
+    if student_minutes is not None:
+        cfg.student.time_limit_s = student_minutes * 60.0
     cfg.teacher.seed = seed
     cfg.student.seed = seed + 1
     out_dir = Path(out_dir)
@@ -113,7 +134,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
 
     t1 = time.perf_counter()
     metrics = evaluate_weights(paths["eval"], weights, cfg.teacher_steps, cfg.student_steps, log=log,
-                               bench_seconds=cfg.bench_seconds)
+                               bench_seconds=cfg.bench_seconds, seed=seed)
     timings["eval_s"] = time.perf_counter() - t1
     timings["total_s"] = time.perf_counter() - t0
     n_params = sum(p.numel() for p in student.parameters())
@@ -175,46 +196,47 @@ def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, se
     return out
 
 
-def evaluate_weights(eval_path: Path, weights: Path, teacher_steps: int, student_steps: int, log=print,
-                     max_clips: int | None = None, bench_seconds: float = 8.0) -> dict:
-    """Baseline / teacher / student on an evaluation corpus -> metrics dict with a markdown table."""
-    from emolive.engine.motion.baseline import BaselineMotion
-    from emolive.training.evaluate import evaluate_models, markdown_table, ms_per_hop
-
+def evaluate_weights(eval_path: Path, weights: Path, teacher_steps: int | None, student_steps: int | None, log=print,
+                     max_clips: int | None = None, bench_seconds: float = 8.0, seed: int = 0) -> dict:
+    """Baseline / teacher / student of ``weights`` on an evaluation corpus: :func:`evaluate_clips`."""
     ev = load_corpus(eval_path)
     clips = [(ev.audio[i], ev.phones[i], str(ev.group[i])) for i in range(len(ev.lengths))]
     if max_clips is not None:
         clips = clips[:max_clips]
+    return evaluate_clips(clips, weights, teacher_steps, student_steps, log=log, bench_seconds=bench_seconds, seed=seed)
+
+
+def evaluate_clips(clips: list, weights: Path, teacher_steps: int | None, student_steps: int | None, log=print,
+                   bench_seconds: float = 8.0, seed: int = 0, real: bool = True) -> dict:
+    """Baseline / teacher / student on held-out TTS and singing clips (kept apart by their
+    ``sing:`` groups) and, with ``real``, on the real recorded speech packages ship -> metrics
+    dict: ``models`` / ``table`` (TTS), ``singing`` / ``singing_table``, ``real`` / ``real_table``."""
+    from emolive.engine.motion.baseline import BaselineMotion
+    from emolive.training.evaluate import evaluate_models, group_table, markdown_table, ms_per_hop, summaries
+    from emolive.training.realspeech import real_clips
+
     models = {
         "baseline": BaselineMotion(),
         "teacher": DiffusionMotion.from_file(weights / "teacher.safetensors", steps=teacher_steps, name="teacher"),
         "student": DiffusionMotion.from_file(weights / "student.safetensors", steps=student_steps, name="student"),
     }
-    results = evaluate_models(models, clips, log=log)
+    tts = [c for c in clips if not c[2].startswith("sing:")]
+    results = evaluate_models(models, tts, seed=seed, log=log)
     hop = {name: ms_per_hop(m, seconds=bench_seconds) for name, m in models.items()}
-    table = markdown_table(results, hop)
-    out: dict = {"table": table, "ms_per_hop": hop, "models": {}}
-    from emolive.training.realspeech import real_clips
-
-    real = real_clips()
-    if real:
-        real_results = evaluate_models(models, real, log=log)
-        lines = ["| model | clip | openness r | closure recall | best offset (ms) |", "|---|---|---:|---:|---:|"]
-        out["real"] = {}
-        for name, s in real_results.items():
-            out["real"][name] = {}
-            for g in s.groups():
-                r, rec, off = s.summary(g)
-                closures = sum(c.closures for c in s.clips if c.group == g)
-                lines.append(f"| {name} | {g} | {r:.3f} | {f'{rec:.3f}' if closures else 'n/a'} | {off:+.0f} |")
-                out["real"][name][g] = {"openness_r": r, "closure_recall": rec if closures else None, "offset_ms": off}
-        out["real_table"] = "\n".join(lines)
+    out: dict = {"table": markdown_table(results, hop), "ms_per_hop": hop, "models": {}}
     for name, s in results.items():
-        per = {}
-        for g in s.groups() + ["overall"]:
-            r, rec, off = s.summary(None if g == "overall" else g)
-            per[g] = {"openness_r": r, "closure_recall": rec, "offset_ms": off}
-        out["models"][name] = {"groups": per, "boundary_jump": s.boundary_jump, "inside_jump": s.inside_jump}
+        per = summaries({name: s})[name]
+        inside = None if np.isnan(s.inside_jump) else s.inside_jump  # one-frame hops have no inside
+        out["models"][name] = {"groups": per, "boundary_jump": s.boundary_jump, "inside_jump": inside}
+    sets = [("singing", [c for c in clips if c[2].startswith("sing:")])]
+    if real:
+        sets.append(("real", real_clips()))
+    for key, subset in sets:
+        if subset:
+            log(f"eval: {key} ({len(subset)} clips)")
+            scored = evaluate_models(models, subset, seed=seed, log=log)
+            out[key] = summaries(scored)
+            out[f"{key}_table"] = group_table(scored)
     return out
 
 
@@ -226,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install", action="store_true", help="copy the weights + model card into engine/motion/weights")
     parser.add_argument("--reuse-corpus", action="store_true",
                         help="skip synthesis when OUT/corpus was built with the same plan and seed")
+    parser.add_argument("--n-train", type=int, help="training utterances (default: the scale's, 1600 at full)")
+    parser.add_argument("--teacher-minutes", type=float, help="stop the teacher after this many minutes")
+    parser.add_argument("--student-minutes", type=float, help="stop the student's distillation after this many minutes")
+    parser.add_argument("--warm-start", type=Path, help="start the teacher from this teacher checkpoint")
     args = parser.parse_args(argv)
-    run_recipe(args.out, args.seed, args.scale, args.install, reuse_corpus=args.reuse_corpus)
+    run_recipe(args.out, args.seed, args.scale, args.install, reuse_corpus=args.reuse_corpus, n_train=args.n_train,
+               teacher_minutes=args.teacher_minutes, student_minutes=args.student_minutes, warm_start=args.warm_start)
     return 0
 
 

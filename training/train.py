@@ -50,6 +50,7 @@ class TrainConfig:
     hop1_share: float = 0.2
     phone_weight: float = 1.0  # weight of the audio encoder's phone-recognition loss (0: none)
     seed: int = 0
+    init_from: str | None = None  # a teacher checkpoint to start from (warm_start), else random
     time_limit_s: float | None = None
 
 
@@ -110,6 +111,11 @@ def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray
     model = MotionDiT(model_cfg)
     model.mean.copy_(torch.from_numpy(mean))
     model.std.copy_(torch.from_numpy(std))
+    if cfg.init_from:
+        warm_start(model, cfg.init_from)
+        log(f"teacher: starting from {cfg.init_from}")
+    if model_cfg.feature_norm:
+        model.audio_prior.copy_(torch.from_numpy(sampler.audio_prior))
     ema = copy.deepcopy(model)
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -157,6 +163,35 @@ def train_teacher(sampler: WindowSampler, model_cfg: DiTConfig, mean: np.ndarray
     hist.seconds = time.perf_counter() - start
     ema.eval()
     return ema, hist
+
+
+def warm_start(model: MotionDiT, path: str) -> None:
+    """Copy a checkpoint's weights into ``model``, whose hop and lookahead may differ (v6 -> v7).
+
+    Every tensor of the same shape is copied; the position table keeps the past frames', the
+    first hop frames' and the first lookahead frames' rows, the lookahead placeholder its first
+    rows. The motion normalisation (mean, std) stays the model's own."""
+    from emolive.engine.motion.diffusion import load_model
+
+    source, _ = load_model(path)
+    src, dst = source.state_dict(), model.state_dict()
+    k, h, la = model.cfg.past_frames, model.cfg.hop_frames, model.cfg.lookahead
+    if source.cfg.past_frames != k or source.cfg.hop_frames < h or source.cfg.lookahead < la:
+        raise ValueError(f"{path}: cannot warm-start a {model.cfg} from a {source.cfg}")
+    sk, sh = source.cfg.past_frames, source.cfg.hop_frames
+    rows = list(range(k + h)) + list(range(sk + sh, sk + sh + la))
+    with torch.no_grad():
+        for name, tensor in dst.items():
+            if name in ("mean", "std") or name not in src:
+                continue
+            value = src[name]
+            if name == "pos":
+                value = value[:, rows]
+            elif name == "future":
+                value = value[:, :la]
+            if value.shape != tensor.shape:
+                raise ValueError(f"{path}: {name} is {tuple(value.shape)}, the model's {tuple(tensor.shape)}")
+            tensor.copy_(value)
 
 
 @torch.inference_mode()

@@ -1,19 +1,21 @@
 """The streaming diffusion motion model: :class:`DiffusionMotion` implements ``MotionModel``.
 
-Each hop of ``H = 2`` frames (80 ms) is sampled by a few Euler steps of the rectified-flow DiT
-(``emolive.engine.motion.dit``) from seeded noise, conditioned on
+Each hop of ``H`` frames (the checkpoint's config: 1 frame since v7, 2 before) is sampled by a
+few Euler steps of the rectified-flow DiT (``emolive.engine.motion.dit``) from seeded noise, conditioned on
 
-- the audio window: the ``audio_past`` (8) frames before the hop, the hop, and ``L = 2`` frames
-  (80 ms) of lookahead — exactly what ``MotionModel.step`` is handed, plus its own history;
+- the audio window: the ``audio_past`` (8) frames before the hop, the hop, and ``L`` frames of
+  lookahead (1 = 40 ms since v7, 2 before) — exactly what ``MotionModel.step`` is handed, plus
+  its own history; with ``feature_norm`` in the config, normalised per band by the stream's
+  running mean (:mod:`emolive.engine.motion.featnorm`);
 - the rolling buffer of the last ``K`` (16) frames it generated (EMO's motion frames), so hops
   join without pops and head/brow/blink motion continues smoothly;
 - the controls: head-motion intensity, head speed, expressiveness;
 - the blink clock: time since the last blink onset in its own output (the one piece of history
   older than the buffer that matters: blinks come at a rhythm, not at random).
 
-A call may ask for any number of frames: they are made in hops of 2 (1 for a trailing odd frame,
-with the missing lookahead frame marked as such), so chunking a stream in multiples of 2
-frames gives exactly the frames :func:`emolive.engine.motion.generate` gives. The noise of every hop is
+A call may ask for any number of frames: they are made in hops of ``H`` (a shorter trailing hop
+has its missing frames marked as such), so chunking a stream in multiples of ``H`` frames gives
+exactly the frames :func:`emolive.engine.motion.generate` gives. The noise of every hop is
 drawn from one generator seeded by ``controls.seed``: same seed, same motion; other seeds move
 the head, brows and blinks differently while the lips stay on the audio.
 
@@ -40,6 +42,7 @@ from emolive.engine.audio import MELS_PER_FRAME, N_MELS, SILENCE_FEATURE
 from emolive.engine.motion import hop_length
 from emolive.engine.motion.backends import Denoiser, DenoiserInputs, TorchDenoiser, create_denoiser
 from emolive.engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
+from emolive.engine.motion.featnorm import RunningBandMean
 from emolive.engine.motion.sampler import sample
 from emolive.engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
@@ -115,16 +118,14 @@ class DiffusionMotion:
     The denoiser (``denoiser``, default: the torch module) is the only part that depends on
     the backend; noise, sampling, buffer and blink guard are here, the same for all of them."""
 
-    lookahead_frames = 2
-
     def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0,
                  seal_bias: float = 0.0, denoiser: Denoiser | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.model = model
         self.cfg = model.cfg
-        if self.cfg.lookahead != self.lookahead_frames:
-            raise ValueError(f"model lookahead {self.cfg.lookahead} != {self.lookahead_frames}")
+        self.lookahead_frames = self.cfg.lookahead
+        self._prior = model.audio_prior.numpy() if self.cfg.feature_norm else None
         self.steps = steps
         self.name = name
         self.speed = speed
@@ -154,6 +155,7 @@ class DiffusionMotion:
         rest = -self._mean / self._std  # the rest frame (all zeros), normalised
         self._buffer = np.tile(rest, (cfg.past_frames, 1)).astype(np.float32)  # normalised past frames
         self._audio = np.full((cfg.audio_past, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)
+        self._band_mean = RunningBandMean(self._prior) if self._prior is not None else None
         self._ctrl = [controls.head_motion, self.speed, controls.expressiveness]
         self._since_onset = 1e6
         self._last_blink = 0.0
@@ -168,7 +170,7 @@ class DiffusionMotion:
 
     def _hops(self, features: np.ndarray) -> list[tuple[np.ndarray, int]]:
         """Validate ``step()`` input and cut it into hops: (features of the hop and its
-        lookahead, padded to ``H + L`` frames; frames to generate, 1 or 2)."""
+        lookahead, padded to ``H + L`` frames; frames to generate, 1 to ``H``)."""
         features = np.asarray(features, dtype=np.float32)
         count = hop_length(features, self.lookahead_frames)
         hop, la = self.cfg.hop_frames, self.lookahead_frames
@@ -197,6 +199,8 @@ class DiffusionMotion:
         noise[..., SEAL_INDEX] = self.seal_bias
         controls = np.array([self._ctrl + [float(blink_clock(self._since_onset))]], np.float32)
         audio = np.concatenate([self._audio, window])[None]
+        if self._band_mean is not None:
+            audio = audio + self._band_mean.offset()
         return DenoiserInputs(noise, np.ones(1, np.float32), self._buffer[None], audio, controls, missing)
 
     def _finish(self, x0: np.ndarray, window: np.ndarray, n: int) -> np.ndarray:
@@ -208,6 +212,8 @@ class DiffusionMotion:
         normed = (frames - self._mean) / self._std
         self._buffer = np.concatenate([self._buffer[n:], normed]).astype(np.float32)
         self._audio = np.concatenate([self._audio, window[:n]])[-self.cfg.audio_past :]
+        if self._band_mean is not None:
+            self._band_mean.update(window[:n])
         return frames
 
     def _guard_blinks(self, frames: np.ndarray) -> None:

@@ -51,6 +51,9 @@ class DiTConfig:
     audio_hidden: int = 96
     n_controls: int = 4  # head_motion, speed, expressiveness, blink clock (see engine.motion.diffusion)
     context_lips: bool = False  # whether past jaw/lip frames are part of the context (see AUDIO_CHANNELS)
+    # Streaming per-band normalisation of the audio window (engine.motion.featnorm); off in
+    # checkpoints written before it existed, whose configs lack the key.
+    feature_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.past_frames < self.audio_past:
@@ -158,6 +161,10 @@ class MotionDiT(nn.Module):
             nn.init.zeros_(layer.bias)
         self.register_buffer("mean", torch.zeros(c))
         self.register_buffer("std", torch.ones(c))
+        if cfg.feature_norm:
+            # The training corpus's mean log-mel per band: where the running mean starts
+            # (engine.motion.featnorm), and the level normalised windows are brought to.
+            self.register_buffer("audio_prior", torch.zeros(N_MELS))
         context_mask = torch.ones(c)
         if not cfg.context_lips:
             context_mask[list(AUDIO_CHANNELS)] = 0.0

@@ -3,9 +3,8 @@
 A model spec is a name, optionally with a sampling step count: ``student`` (the distilled
 diffusion model, 2 steps), ``student:1``, ``teacher`` (24 steps), ``teacher:8``, or
 ``baseline`` (the hand-built reference, no steps). Offline work (``emolive render``,
-``emolive motion``) defaults to the student, which lip-syncs far better (see
-engine/motion/weights/MODEL_CARD.md); live sessions default to ``baseline`` (see
-:data:`LIVE_MOTION_MODEL`).
+``emolive motion``) and live sessions (:data:`LIVE_MOTION_MODEL`) default to the student,
+which lip-syncs far better (see engine/motion/weights/MODEL_CARD.md).
 The diffusion models' denoiser runs on a backend (:mod:`emolive.engine.motion.backends`), ONNX
 Runtime by default; ``baseline`` has no denoiser and ignores it.
 """
@@ -18,11 +17,10 @@ from emolive.engine.motion.baseline import BaselineMotion
 
 MOTION_MODELS: tuple[str, ...] = ("student", "teacher", "baseline")
 DEFAULT_MOTION_MODEL = "student"
-# Live sessions that name no model: the baseline looks one frame (40 ms) ahead where the
-# student looks two, which keeps audio arrival -> frame under the 150 ms a live avatar is
-# held to, and it needs no denoiser call per frame; a session asks for "student" for the
-# better lip sync.
-LIVE_MOTION_MODEL = "baseline"
+# Live sessions that name no model: the student steps one frame per tick with one frame
+# (40 ms) of lookahead, the baseline's, so audio arrival -> frame stays where the baseline's
+# is; "baseline" remains for the lowest CPU (no denoiser call per frame).
+LIVE_MOTION_MODEL = "student"
 DIFFUSION_MODELS = frozenset({"student", "teacher"})
 MAX_STEPS = 64
 
