@@ -27,7 +27,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from emolive.training.tts import TTSError, Utterance, _contiguous, _festival_symbol, _read_wav, _run
+from emolive.training.tts import TTSError, Utterance, _contiguous, _festival_symbol, _read_wav, run_tool
 
 SINGERS = ("kal_diphone", "ked_diphone")
 SONGS = Path("/usr/share/doc/festival/examples/songs")
@@ -60,7 +60,7 @@ def sing(score: str, voice: str = "kal_diphone") -> Utterance:
         score_path.write_text(score, encoding="utf-8")
         script = Path(tmp) / "sing.scm"
         script.write_text(_SING_SCRIPT.format(voice=voice, tmp=tmp, score=score_path), encoding="utf-8")
-        proc = _run(["festival", "-b", str(script)], name)
+        proc = run_tool(["festival", "-b", str(script)], name)
         parts = sorted(Path(tmp).glob("part*.wav"), key=lambda p: int(p.stem[4:]))
         if not parts:
             raise TTSError(f"{name}: no audio written: {proc.stderr.strip()[:300]}")
