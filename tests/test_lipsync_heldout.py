@@ -135,7 +135,7 @@ def test_student_sings_open_vowels_and_closes_bilabials(record_property) -> None
 def test_rendered_video_follows_held_out_voice(tmp_path: Path, record_property) -> None:
     """`emolive render --motion student` of a held-out voice, tracked by MediaPipe."""
     from conftest import PORTRAIT, check_ok, run_emolive
-    from emolive.training.corpus import EVAL_SENTENCES
+    from emolive.training.sentences import EVAL_SENTENCES
     from emolive.training.mouth_tracker import best_offset_correlation, track_video
     from emolive.training.tts import synthesize
     from emolive.training.visemes import openness

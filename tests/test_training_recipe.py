@@ -91,9 +91,8 @@ def test_augmentation_is_seeded_and_keeps_timing() -> None:
 
 
 def test_corpus_plan_holds_out_voices_and_a_language() -> None:
-    from emolive.training.corpus import (
-        CATALAN_SENTENCES, FESTIVAL_SHARE, FESTIVAL_VOICES, HELD_OUT_LANGUAGE, HELD_OUT_VOICES, plan_corpus,
-    )
+    from emolive.training.corpus import FESTIVAL_SHARE, FESTIVAL_VOICES, HELD_OUT_LANGUAGE, HELD_OUT_VOICES, plan_corpus
+    from emolive.training.sentences import CATALAN_SENTENCES
     from emolive.training.tts import festival_encode
 
     from emolive.training.singing import SINGERS

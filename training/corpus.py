@@ -34,10 +34,8 @@ one integer: the same seed gives the same corpus, byte for byte.
 from __future__ import annotations
 
 import functools
-import math
 import random
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -47,12 +45,21 @@ import numpy as np
 from emolive.engine.audio import log_mel, video_frame_features
 from emolive.engine.motion_space import FPS
 from emolive.training.augment import augment, to_16k
+from emolive.training.phone_repair import repair_espeak_phones
+from emolive.training.sentences import (
+    CATALAN_SENTENCES,
+    COVER_SENTENCES,
+    EVAL_ITALIAN_SENTENCES,
+    EVAL_SENTENCES,
+    english_sentences,
+    language_sentences,
+    pseudo_text,
+    word_salad,
+    words,
+)
 from emolive.training.singing import SINGERS, eval_songs, random_song, sing
 from emolive.training.targets import Controls, motion_targets
 from emolive.training.tts import Phone, TTSError, Utterance, festival_encode, synthesize
-
-FORTUNES = Path("/usr/share/games/fortunes")
-DICT = Path("/usr/share/dict")
 
 HELD_OUT_VOICES = ("flite:awb", "flite:rms", "festival:cmu_us_slt_arctic_hts")
 HELD_OUT_LANGUAGE = "it"
@@ -85,114 +92,10 @@ FESTIVAL_SHARE = sum(w for _, w in FESTIVAL_VOICES.values()) / 100.0
 # Their text, where a package has some (Finnish has none: pseudo-words). fortunes-cs also
 # ships Slovak, which the Czech front end would misread.
 FESTIVAL_TEXT = {"ca": "dict:catalan", "cs": "fortunes:cs", "ru": "fortunes:ru"}
-_FORTUNES_SKIP = {"cs": ("klasik-sk",)}
 VARIANTS = ("", "", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
             "+klatt", "+klatt2", "+klatt3", "+croak", "+iven", "+benjamin", "+linda", "+steph", "+john")
 
 # Written for this project: sentences dense in the visemes that matter most to a viewer.
-COVER_SENTENCES = (
-    "Bob, my papa bought a big map of Panama.",
-    "Mom and Pam baked apple pie, and I am happy.",
-    "Maybe a bumpy bus ride calms my mind.",
-    "Palm trees bob above the bay.",
-    "Five vivid violets flowered in the valley of fog.",
-    "Who would want two blue boots on a cool moon?",
-    "Show me the shop where she chose the cheap shoes.",
-    "The thick thistles threw their thorns at the path.",
-    "Judge Jones jogged past the huge orange church.",
-    "We were wondering where the wet wool went.",
-    "Peter Piper picked a peck of pickled peppers.",
-    "A big black bug bit a big black bear.",
-    "Over the rainbow, far away, the blue boat floats.",
-    "Measure the pleasure of the azure lake at noon.",
-    "I saw a sunny summer morning by the sea.",
-    "Please pass the bread and the butter, Bill.",
-    "Every few weeks, Fred fixes the old van.",
-    "You should move your food off the blue spoon.",
-    "My brother Ben plays bass in a brass band.",
-    "Yes, the young yak yawned in the yellow yard.",
-    "How now, brown cow, out of the house and down the town.",
-    "Ruth rarely reads the rules of the royal room.",
-    "Ahh, oh, ooh, ee, eh: all the vowels of the world.",
-    "The mob moved the mop by the pump in the pub.",
-    "Buy me a baby puppy, please, papa.",
-    "Voodoo food was a whoopee for the crew.",
-    "A quick zebra zips past the lazy fox.",
-    "Sixty-six sheep sleep in the shed beside the shore.",
-)
-# Held-out English sentences (evaluation only), also written here: never in the training text.
-# Catalan, written here (no Catalan text package but the word list): bilabials, labiodentals,
-# rounded vowels; read by the Catalan HTS voice. Central Catalan says v as b.
-CATALAN_SENTENCES = (
-    "El pare i la mare mengen pa amb tomàquet.",
-    "La Maria va comprar un barret blau al mercat.",
-    "Bon dia, com estàs? Molt bé, gràcies.",
-    "El meu avi fuma una pipa al balcó.",
-    "Podem passejar pel parc aquest migdia?",
-    "La bruixa bufa les bombolles de sabó.",
-    "Un bou i un bisó beuen aigua a la bassa.",
-    "M'agrada molt la música popular.",
-    "El poble és a prop de la platja.",
-    "Compra mig quilo de pomes i un meló.",
-    "Els nens juguen a pilota a la plaça major.",
-    "Hi ha un vaixell blanc al port de Palamós.",
-    "La Montse porta un vestit vermell molt bonic.",
-    "Tu i jo som amics des de fa molts anys.",
-    "Vull un got d'aigua fresca, si us plau.",
-    "El foc crema a la llar de la masia.",
-    "La lluna plena brilla sobre el mar.",
-    "Ahir vam menjar peix amb patates.",
-    "Em fa mal el peu dret des de dimarts.",
-    "Bufa un vent fort i plou a bots i barrals.",
-    "El gos del veí borda tota la nit.",
-    "Quin fred que fa avui al matí!",
-    "La pluja mulla els camps de blat.",
-    "Una papallona blava vola per sobre les flors.",
-    "Mou-te una mica, que no hi veig bé.",
-    "El metge m'ha dit que em quedi a casa.",
-    "Ompliu les ampolles amb oli d'oliva.",
-    "Obre la boca i mostra'm les dents.",
-    "Aquesta ombra és bona per fer la migdiada.",
-    "Un home vell ven mel i mantega al mercat.",
-    "Fem una foto de la família a la font.",
-    "Busco el meu mòbil, l'has vist?",
-    "Febrer és un mes curt però fred.",
-    "La nena dibuixa un mapa del món.",
-    "Visc a Barcelona, prop de la Sagrada Família.",
-    "El cambrer porta un plat de mongetes.",
-    "Bombons, pomes i maduixes per postres.",
-    "Molta gent espera l'autobús a la parada.",
-    "Puc obrir la finestra? Fa molta calor.",
-    "El pou és profund i l'aigua és molt bona.",
-    "Les ovelles pasturen a la muntanya.",
-    "Un ós bru dorm sota un pi.",
-)
-EVAL_SENTENCES = (
-    "Bob, my papa bought a big map of Panama, and palm trees bob above the bay.",
-    "Mom baked a plum pie, then Pam made a pumpkin mousse for the members.",
-    "Maybe a bumpy bus ride by the beach will calm my mind before the probe.",
-    "The lamp beams upon a damp blue map by my bed.",
-    "Please bring me both bubbly and plain water from the market, Bob.",
-    "Every morning, my brother paints pebbles, boats and maple leaves.",
-    "A famous problem may be simple, but the proof must be complete.",
-    "Perhaps the umpire will pause the match if the members complain.",
-    "Biology is impossible without many maps, tables and samples.",
-    "My neighbour's puppy jumped into the swimming pool with a bump.",
-    "Imagine the empire built by people who simply stop and ponder.",
-    "Ample amounts of maple syrup, apples and plums make me happy.",
-)
-EVAL_ITALIAN_SENTENCES = (
-    "Il mio babbo ha comprato una mappa del mondo per la bambina.",
-    "Piano piano, la pioggia bagna i campi e le piante di pomodoro.",
-    "Mamma mia, che bella primavera sul mare di Palermo.",
-    "Il bambino mangia una mela e beve una bibita fresca.",
-    "Amo ballare sotto la luna piena con gli amici.",
-    "Per favore, passami il pane e il burro, Paolo.",
-)
-
-_WORD_CHARS = re.compile(r"^[^\W\d_]+(?:['’-][^\W\d_]+)*$")
-
-
 @dataclass(frozen=True)
 class Job:
     """One utterance to synthesise: its voice, text and seed; split 'train' or 'eval'."""
@@ -208,92 +111,6 @@ class Job:
 # ----------------------------------------------------------------------------- text
 
 
-def _fortune_sentences(paths: Iterable[Path]) -> list[str]:
-    """Sentences of 4-22 words from fortune files, attributions and odd lines dropped."""
-    sentences: list[str] = []
-    for path in paths:
-        if not path.is_file():
-            continue
-        raw = path.read_bytes().decode("utf-8", "replace")
-        for entry in raw.split("\n%\n"):
-            lines = [ln.strip() for ln in entry.splitlines() if ln.strip() and not ln.strip().startswith("--")]
-            text = re.sub(r"(^|\s)[QA]:\s*", " ", " ".join(lines)).strip()
-            if any(ch in text for ch in "<>{}[]|\\#@$^*=_~`") or "http" in text:
-                continue
-            for sent in re.split(r"(?<=[.!?])\s+", text):
-                words = sent.split()
-                if 4 <= len(words) <= 22 and sum(c.isalpha() for c in sent) > 0.7 * len(sent.replace(" ", "")):
-                    sentences.append(sent.strip(" \"'"))
-    return sorted(set(sentences))
-
-
-def _words(name: str) -> list[str]:
-    path = DICT / name
-    if not path.is_file():
-        return []
-    words = path.read_text("utf-8", "replace").split()
-    return sorted({w for w in words if _WORD_CHARS.match(w) and 2 <= len(w) <= 12 and not w.isupper()})
-
-
-def english_sentences() -> list[str]:
-    names = ["fortunes", "literature", "riddles", "people", "wisdom", "humorists", "work", "science", "art", "food"]
-    sentences = _fortune_sentences(FORTUNES / n for n in names)
-    held = {s.lower() for s in EVAL_SENTENCES}
-    return [s for s in sentences if s.lower() not in held]
-
-
-def language_sentences(source: str) -> list[str]:
-    kind, _, name = source.partition(":")
-    if kind == "fortunes":
-        folder = FORTUNES / name
-        skip = _FORTUNES_SKIP.get(name, ())
-        kept = [p for p in sorted(folder.glob("*")) if p.is_file() and p.stem not in skip]
-        files = [p for p in kept if p.suffix not in (".dat", ".u8")]
-        utf8 = [p for p in kept if p.suffix == ".u8"]
-        return _fortune_sentences(utf8 or files)
-    return []
-
-
-def _word_salad(words: list[str], rng: random.Random) -> str:
-    n = rng.randint(4, 12)
-    text = " ".join(rng.choice(words) for _ in range(n))
-    if n > 7 and rng.random() < 0.6:
-        cut = rng.randint(3, n - 3)
-        parts = text.split()
-        text = " ".join(parts[:cut]) + ", " + " ".join(parts[cut:])
-    return text[0].upper() + text[1:] + rng.choice([".", ".", "?", "!"])
-
-
-# Letters each pseudo-word language spells with (its own orthography, so espeak's rules apply).
-_PSEUDO_LETTERS = {
-    "default": ("aeiou", "bcdfghjklmnprstvz"),
-    "cs": ("aeiouyáéíóúůý", "bcčdďfghjklmnňprřsštťvzž"), "sk": ("aeiouyáäéíóôú", "bcčdďfghjklľmnňprsštťvzž"),
-    "fi": ("aeiouyäö", "dhjklmnprstv"), "et": ("aeiouõäöü", "dghjklmnprstv"), "hu": ("aeiouáéíóöőúüű", "bcdfghjklmnprstvz"),
-    "tr": ("aeıioöuü", "bcçdfgğhjklmnprsştvyz"), "ro": ("aeiouăâî", "bcdfghjlmnprsștțvz"), "pl": ("aeiouyąę", "bcćdfghjklłmnńprsśtwzźż"),
-    "lv": ("aeiouāēīū", "bcčdfgģjkķlļmnņprsštvzž"), "lt": ("aeiouyąęėįųū", "bcčdfghjklmnprsštvzž"),
-    "hr": ("aeiou", "bcčćdđfghjklmnprsštvzž"), "sl": ("aeiou", "bcčdfghjklmnprsštvzž"), "da": ("aeiouyæøå", "bdfghjklmnprstv"),
-    "nb": ("aeiouyæøå", "bdfghjklmnprstv"), "is": ("aeiouyáéíóúýæö", "bdðfghjklmnprstvþ"), "cy": ("aeiouwy", "bcdfghllmnprstdd"),
-    "haw": ("aeiou", "hklmnpw"), "mi": ("aeiou", "hkmnprtw"), "sw": ("aeiou", "bdfghjklmnprstvwyz"), "eu": ("aeiou", "bdfgjklmnprstxz"),
-}
-
-
-def _pseudo_text(lang: str, rng: random.Random) -> str:
-    vowels, consonants = _PSEUDO_LETTERS.get(lang, _PSEUDO_LETTERS["default"])
-    words = []
-    for _ in range(rng.randint(4, 10)):
-        syllables = rng.choice([1, 2, 2, 3, 3, 4])
-        w = ""
-        for _ in range(syllables):
-            if rng.random() < 0.85:
-                w += rng.choice(consonants)
-            w += rng.choice(vowels)
-            if rng.random() < 0.25:
-                w += rng.choice(consonants)
-        words.append(w)
-    text = " ".join(words)
-    return text[0].upper() + text[1:] + "."
-
-
 @functools.lru_cache(maxsize=1)  # ~4 s of reading and filtering; callers only read it
 def festival_texts() -> dict[str, tuple[list[str], list[str]]]:
     """(sentences, words) for each language of ``FESTIVAL_VOICES`` with a text package, kept to
@@ -304,7 +121,7 @@ def festival_texts() -> dict[str, tuple[list[str], list[str]]]:
         name = next(v for v, (vl, _) in FESTIVAL_VOICES.items() if vl == lang).partition(":")[2]
         kind, _, what = source.partition(":")
         sentences = language_sentences(source) if kind == "fortunes" else []
-        words = _words(what) if kind == "dict" else []
+        vocabulary = words(what) if kind == "dict" else []
 
         def readable(text: str) -> bool:
             if lang == "ru" and not re.search("[\u0400-\u04ff]", text):
@@ -315,7 +132,7 @@ def festival_texts() -> dict[str, tuple[list[str], list[str]]]:
                 return False
             return True
 
-        out[lang] = ([t for t in sentences if readable(t)], [w for w in words if readable(w)])
+        out[lang] = ([t for t in sentences if readable(t)], [w for w in vocabulary if readable(w)])
     return out
 
 
@@ -327,10 +144,10 @@ def _festival_text(lang: str, texts: dict[str, tuple[list[str], list[str]]], rng
     if sentences and rng.random() < 0.85:
         return rng.choice(sentences)
     if words:
-        return _word_salad(words, rng)
+        return word_salad(words, rng)
     if sentences:
         return rng.choice(sentences)
-    return _pseudo_text(lang, rng)
+    return pseudo_text(lang, rng)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -350,8 +167,8 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
     rng.shuffle(english)
     cover = list(COVER_SENTENCES)
     lang_text = {lang: language_sentences(src) for lang, src in ESPEAK_TEXT_LANGUAGES.items()}
-    lang_words = {lang: _words(src.partition(":")[2]) for lang, src in ESPEAK_TEXT_LANGUAGES.items() if src.startswith("dict:")}
-    english_words = _words("american-english")
+    lang_words = {lang: words(src.partition(":")[2]) for lang, src in ESPEAK_TEXT_LANGUAGES.items() if src.startswith("dict:")}
+    english_words = words("american-english")
     fest_texts = festival_texts() if n_train > 0 else {}
     fest_voices = list(FESTIVAL_VOICES)
     fest_weights = [w for _, w in FESTIVAL_VOICES.values()]
@@ -391,17 +208,17 @@ def plan_corpus(n_train: int, seed: int, eval_per_group: int = 12) -> CorpusPlan
             if r < 0.12:
                 text = rng.choice(cover)
             elif r < 0.27 and english_words:
-                text = _word_salad(english_words, rng)
+                text = word_salad(english_words, rng)
             else:
-                text = next(e_iter, None) or _word_salad(english_words, rng)
+                text = next(e_iter, None) or word_salad(english_words, rng)
         elif voice in FESTIVAL_VOICES:
             text = _festival_text(lang, fest_texts, rng)
         elif lang in lang_text and lang_text[lang] and rng.random() < 0.85:
             text = rng.choice(lang_text[lang])
         elif lang in lang_words and lang_words[lang]:
-            text = _word_salad(lang_words[lang], rng)
+            text = word_salad(lang_words[lang], rng)
         else:
-            text = _pseudo_text(lang, rng)
+            text = pseudo_text(lang, rng)
         plan.train.append(Job(i, voice, text, seed * 1_000_003 + i))
     # Evaluation: held-out voices on held-out English sentences; the held-out language.
     k = n_train
@@ -619,76 +436,6 @@ def _stats_line(c: Corpus) -> str:
     return f"{len(c.lengths)} clips, {c.lengths.sum() / FPS / 60:.1f} min"
 
 
-if __name__ == "__main__":  # pragma: no cover - handy for inspection
-    import sys
-
-    plan = plan_corpus(int(sys.argv[1]) if len(sys.argv) > 1 else 20, 0)
-    for j in plan.train[:40] + plan.eval[:6]:
-        print(j.voice, "|", j.text)
-    _ = math
 
 
-def _rms_10ms(audio: np.ndarray, rate: int) -> np.ndarray:
-    """RMS of each whole 10 ms block of ``audio``."""
-    x = np.asarray(audio, np.float64)
-    hop = max(1, rate // 100)
-    frames = len(x) // hop
-    return np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1))
 
-
-def repair_pauses(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
-    """Voiced 'pau' segments inside speech become part of the phone before them.
-
-    espeak-ng reports some phonemes with no IPA name (vowel transitions, linking sounds) with an
-    empty name, which ``emolive.training.tts`` reads as silence; real pauses are quiet, these are not.
-    A 'pau' whose RMS is over 12 % of the utterance's loud level (90th percentile of 10 ms RMS)
-    is merged into the phone before it.
-    """
-    rms = _rms_10ms(audio, rate)
-    frames = len(rms)
-    if frames < 2:
-        return list(phones)
-    loud = float(np.percentile(rms, 90)) + 1e-9
-    out: list[Phone] = []
-    for p in phones:
-        a, b = int(p.start * 100), max(int(p.start * 100) + 1, int(p.end * 100))
-        level = float(rms[a:b].mean()) if a < frames else 0.0
-        if p.symbol == "pau" and out and out[-1].symbol != "pau" and level > 0.12 * loud:
-            out[-1] = Phone(out[-1].symbol, out[-1].start, p.end)
-        elif out and p.symbol == "pau" and out[-1].symbol == "pau":
-            out[-1] = Phone("pau", out[-1].start, p.end)
-        else:
-            out.append(p)
-    return out
-
-
-STOPS = frozenset({"p", "b", "t", "d", "k", "g", "ch", "jh"})
-
-
-def repair_stop_closures(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
-    """Give each stop its closure: espeak-ng fires a stop's phoneme event at the burst, so the
-    silent closure before it is counted in the phone before. The quiet run (10 ms RMS under 5 %
-    of the loud level) at the end of the phone before a stop is moved into the stop."""
-    rms = _rms_10ms(audio, rate)
-    frames = len(rms)
-    if frames < 2:
-        return list(phones)
-    quiet = rms < 0.05 * (float(np.percentile(rms, 90)) + 1e-9)
-    out = list(phones)
-    for i in range(1, len(out)):
-        stop, prev = out[i], out[i - 1]
-        if stop.symbol not in STOPS or prev.symbol == "pau":
-            continue
-        k = min(frames, int(round(stop.start * 100)))
-        first = k
-        while first - 1 >= 0 and quiet[first - 1] and (first - 1) / 100 > prev.start + 0.03:
-            first -= 1
-        if first < k:
-            cut = first / 100
-            out[i - 1] = Phone(prev.symbol, prev.start, cut)
-            out[i] = Phone(stop.symbol, cut, stop.end)
-    return out
-
-
-def repair_espeak_phones(phones: list[Phone], audio: np.ndarray, rate: int) -> list[Phone]:
-    return repair_stop_closures(repair_pauses(phones, audio, rate), audio, rate)

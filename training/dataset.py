@@ -18,7 +18,8 @@ import torch
 from emolive.engine.audio import MELS_PER_FRAME, SILENCE_FEATURE
 from emolive.engine.motion.diffusion import BLINK_INDEX, blink_clock, frames_since_blink_onset
 from emolive.engine.motion.dit import DiTConfig
-from emolive.engine.motion.featnorm import SILENT_MARGIN, offsets as band_offsets
+from emolive.engine.motion.featnorm import SILENT_MARGIN
+from emolive.engine.motion.featnorm import offsets as band_offsets
 from emolive.training.corpus import Corpus
 from emolive.training.visemes import phone_classes
 

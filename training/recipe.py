@@ -25,7 +25,12 @@ import torch
 from emolive.engine.motion.diffusion import DiffusionMotion, save_model
 from emolive.engine.motion.dit import DiTConfig, MotionDiT
 from emolive.training.corpus import (
-    HELD_OUT_LANGUAGE, HELD_OUT_LANGUAGE_VOICES, HELD_OUT_VOICES, build_corpus, calibration_clips, load_corpus,
+    HELD_OUT_LANGUAGE,
+    HELD_OUT_LANGUAGE_VOICES,
+    HELD_OUT_VOICES,
+    build_corpus,
+    calibration_clips,
+    load_corpus,
 )
 from emolive.training.dataset import WindowSampler, channel_stats
 from emolive.training.train import DistillConfig, TrainConfig, distill_student, train_teacher
