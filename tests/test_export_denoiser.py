@@ -272,7 +272,7 @@ def test_motion_batcher_gathers_concurrent_steps(features):
         with pytest.raises(TypeError):
             batcher.submit(create_motion_model("baseline"), clips[0][:3])
         with pytest.raises(ValueError):
-            batcher.submit(create_motion_model("student"), clips[0][:1])  # shorter than the lookahead
+            batcher.submit(create_motion_model("student"), clips[0][:0])  # shorter than the lookahead
     finally:
         batcher.close()
     with pytest.raises(RuntimeError):
