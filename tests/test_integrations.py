@@ -298,7 +298,8 @@ def test_livekit_clear_buffer_mid_turn_reports_the_position_and_rests():
     assert event.interrupted
     voiced = len(h.audio(0.0)) * 0.04
     assert event.playback_position == pytest.approx(voiced, abs=0.05)
-    assert 3.0 <= event.playback_position <= 3.3
+    # Cleared once 3 s of frames were out; the voiced ones among them may be a frame or two fewer.
+    assert 2.88 <= event.playback_position <= 3.3
     late_voice = h.audio(marks["clear"] + 0.2)
     assert not late_voice, f"{len(late_voice)} voice frames more than 200 ms after clear_buffer"
     after = h.video(marks["clear"])
