@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from emolive.server.config import Settings
 from emolive.server.docs import add_offline_docs
 from emolive.server.errors import ApiError, error_responses, not_found
 from emolive.server.metrics import Metrics
-from emolive.server.security import RequestGuard, api_key_dependency, redact_server_logs, session_bearer
+from emolive.server.security import (MULTIPART_OVERHEAD, BodyTooLarge, RequestGuard, api_key_dependency,
+                                     redact_server_logs, session_bearer)
 from emolive.server.sessions import LiveSession, SessionParams, SessionRegistry
 
 log = logging.getLogger("emolive.server")
@@ -71,13 +73,28 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
-    """The name and bytes of multipart field 'file', at most ``limit`` bytes. The file part
-    is kept in memory (the route reads it whole anyway): Starlette's parser would otherwise
-    spool anything over 1 MB to a temporary file on disk."""
+    """The name and bytes of multipart field 'file', at most ``limit`` bytes. No byte of the
+    upload reaches disk: the file part is kept in memory only (the route reads it whole
+    anyway; Starlette's parser would otherwise roll a part over its spool size into a
+    temporary file), and that memory is bounded by cutting the body off once it passes
+    ``limit`` plus the multipart framing, chunked bodies included (RequestGuard counts the
+    same bytes; this holds without it too). A spool size of ``limit + 1`` was not enough:
+    it is under the body limit, so a chunked body arriving in pieces smaller than the gap
+    rolled ~20 MB over to disk before the body limit refused it."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(400, "send the portrait as multipart form field 'file'")
-    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
-    parser.spool_max_size = limit + 1
+    body_limit = limit + MULTIPART_OVERHEAD
+
+    async def body() -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:
+                raise ApiError(413, BodyTooLarge(body_limit).detail)
+            yield chunk
+
+    parser = MultiPartParser(request.headers, body(), max_files=1, max_fields=8)
+    parser.spool_max_size = 0  # SpooledTemporaryFile(max_size=0) never rolls over to disk
     try:
         form = await parser.parse()
     except MultiPartException as error:
