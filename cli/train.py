@@ -33,11 +33,20 @@ def add_train_parser(commands) -> None:
                             "shorter, gentler schedule than from scratch")
     train.add_argument("--install", action="store_true",
                        help="copy the resulting weights, metrics and model card into engine/motion/weights")
+    train.add_argument("--calibrate-rest", type=Path, metavar="WEIGHTS_DIR",
+                       help="only recompute the rest offset (the expression the model holds in silence, taken off its "
+                            "output) of the teacher and student in WEIGHTS_DIR, e.g. engine/motion/weights, and rewrite "
+                            "their metadata, metrics and model card; the weights are unchanged and nothing else runs")
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from emolive.training.recipe import run_recipe
+    from emolive.training.recipe import recalibrate_rest, run_recipe
 
+    if args.calibrate_rest is not None:
+        if not (args.calibrate_rest / "student.safetensors").is_file():
+            raise BadInputError(f"{args.calibrate_rest}: no student.safetensors there")
+        recalibrate_rest(args.calibrate_rest)
+        return
     if args.seed < 0:
         raise BadInputError(f"--seed must be >= 0, got {args.seed}")
     if args.n_train is not None and args.n_train < 1:

@@ -157,6 +157,42 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert math.isfinite(float(out.frames.sum()))
 
 
+def test_silence_shows_no_expression_but_speech_still_does(student: DiffusionMotion, speech) -> None:
+    """The shipped student's rest offset: 8 s of digital silence on a seed it was not
+    calibrated on holds no smile, squint or brow (the portrait's own expression shows), while
+    speech still moves the lips and the expression channels."""
+    from emolive.engine.motion.diffusion import EXPRESSION_CHANNELS
+
+    assert student.rest_offset[INDEX["mouthSmileLeft"]] > 0.01
+    quiet = generate(student, silence(8.0), MotionControls(seed=7)).frames
+    assert np.abs(quiet[:, EXPRESSION_CHANNELS]).max() <= 0.01
+    assert np.abs(quiet[:, HEAD_SLICE]).max() > 0.005, "the head still idles"
+    features, _ = speech
+    talking = generate(student, features, MotionControls(seed=7)).frames
+    assert column(talking, "jawOpen").max() > 0.3
+    assert talking[:, EXPRESSION_CHANNELS].max(0).sum() > 0.5
+
+
+def test_rest_offset_round_trips_and_touches_expressions_only(tmp_path) -> None:
+    cfg = DiTConfig(past_frames=8, audio_hidden=16, d_model=32, depth=1, heads=2)
+    model = _random_model(cfg)
+    offset = np.zeros(NUM_CHANNELS, np.float32)
+    offset[INDEX["mouthSmileLeft"]] = 0.25
+    save_model(model, tmp_path / "m.safetensors", kind="student", steps=2, rest_offset=offset)
+    loaded = DiffusionMotion.from_file(tmp_path / "m.safetensors")
+    assert np.array_equal(loaded.rest_offset, offset)
+    plain = DiffusionMotion(model, steps=2)
+    with_offset, without = (generate(m, silence(1.0), MotionControls(seed=3)).frames for m in (loaded, plain))
+    smile = INDEX["mouthSmileLeft"]
+    assert np.allclose(with_offset[:, smile], np.maximum(without[:, smile] - 0.25, 0.0), atol=1e-6)
+    others = np.delete(np.arange(NUM_CHANNELS), smile)
+    assert np.allclose(with_offset[:, others], without[:, others], atol=1e-6)
+    head = np.zeros(NUM_CHANNELS, np.float32)
+    head[INDEX["headYaw"]] = 0.1
+    with pytest.raises(ValueError, match="expression channels only"):
+        DiffusionMotion(model, steps=2, rest_offset=head)
+
+
 def _random_model(cfg: DiTConfig) -> MotionDiT:
     torch.manual_seed(0)
     model = MotionDiT(cfg)

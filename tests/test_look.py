@@ -1,6 +1,6 @@
 """How the rendered face looks, measured where a viewer looks: the frame's edges on tight
-headshots (no replicated-edge streaks, the head in frame), the eyes at rest (the portrait's
-own pixels), a full blink (skin and a lash line, no iris, no smudge) and the jaw line while
+headshots (no replicated-edge streaks, the head in frame), the mouth and eyes in silence (the
+portrait's own pixels), a full blink (skin and a lash line, no iris, no smudge) and the jaw line while
 talking and turning (one edge, not two). ``emolive look-sheet`` renders the same poses for
 people to look at."""
 
@@ -15,14 +15,14 @@ import pytest
 from emolive.cli.look_sheet import POSES, TILE, closeup_path
 from conftest import ROOT, PORTRAIT, check_ok, run_emolive
 from emolive.engine import face_topology as topo
-from emolive.engine.motion_space import INDEX, MotionControls, rest_frame
+from emolive.engine.motion_space import HEAD_SLICE, INDEX, rest_frame
 from emolive.engine.offline import RenderOptions, audio_to_motion, prepare_avatar
 from emolive.engine.render import Renderer
 
 PORTRAITS = ROOT / "tests" / "portraits"
 TIGHT = [PORTRAITS / "astronaut_tight.jpg", PORTRAITS / "hopper_tight.jpg"]
 MAX_EDGE_RUN = 8  # identical rows or columns in a row at a frame's edge that read as a streak
-MIN_EYE_PSNR = 38.0
+MIN_SILENCE_PSNR = 38.0
 YAW_15 = np.deg2rad(15.0)
 
 
@@ -98,23 +98,94 @@ def _eye_boxes(avatar, rig) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
+def _mouth_box(landmarks: np.ndarray, margin: int = 4) -> tuple[int, int, int, int]:
+    lips = landmarks[list(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER), :2]
+    (x0, y0), (x1, y1) = np.floor(lips.min(0) - margin).astype(int), np.ceil(lips.max(0) + margin).astype(int)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def _head_pose_only(row: np.ndarray) -> np.ndarray:
+    posed = rest_frame()
+    posed[HEAD_SLICE] = row[HEAD_SLICE]
+    return posed
+
+
+def _image_registered_psnr(frame: np.ndarray, portrait: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """PSNR of ``box`` in ``frame`` against the portrait moved onto it by image registration
+    alone (template match for the shift, then an ECC homography): independent of the rig."""
+    x0, y0, x1, y1 = box
+    margin = int(max(12, 0.3 * max(x1 - x0, y1 - y0)))
+    height, width = frame.shape[:2]
+    X0, Y0, X1, Y1 = max(x0 - margin, 0), max(y0 - margin, 0), min(x1 + margin, width), min(y1 + margin, height)
+    frame_crop, portrait_crop = frame[Y0:Y1, X0:X1], portrait[Y0:Y1, X0:X1]
+    grey = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)  # noqa: E731
+    match = cv2.matchTemplate(grey(frame_crop), grey(portrait[y0:y1, x0:x1]), cv2.TM_CCOEFF_NORMED)
+    _, _, _, (mx, my) = cv2.minMaxLoc(match)
+    warp = np.array([[1, 0, mx - (x0 - X0)], [0, 1, my - (y0 - Y0)], [0, 0, 1]], np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
+    _, warp = cv2.findTransformECC(grey(portrait_crop), grey(frame_crop), warp, cv2.MOTION_HOMOGRAPHY, criteria, None, 1)
+    registered = cv2.warpPerspective(portrait_crop, warp, frame_crop.shape[1::-1], flags=cv2.INTER_LINEAR)
+    inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+    return _psnr(frame_crop[inner], registered[inner].astype(np.float64))
+
+
+SILENT_PORTRAITS = [PORTRAIT, PORTRAITS / "astronaut_tight.jpg", PORTRAITS / "hopper.jpg", PORTRAITS / "hopper_tight.jpg",
+                    PORTRAITS / "obama.jpg", PORTRAITS / "hopper_painted_grey.jpg", PORTRAITS / "sylvie.jpg"]
+
+
+@pytest.fixture(scope="module")
+def silent_track():
+    """6 s of digital silence through the live default model, the head idling."""
+    return audio_to_motion(np.zeros(6 * 16000, np.float32), RenderOptions())
+
+
 @pytest.mark.slow
-def test_eyes_at_rest_are_the_portrait(record_property) -> None:
-    """6 s of digital silence with the head held still: outside blinks, the eye boxes are
-    the registered crop's own pixels."""
-    options = RenderOptions(controls=MotionControls(head_motion=0.0))
-    avatar, rig = prepare_avatar(PORTRAIT, options)
-    track = audio_to_motion(np.zeros(6 * 16000, np.float32), options)
+@pytest.mark.parametrize("portrait", SILENT_PORTRAITS, ids=lambda p: p.stem)
+def test_silence_is_the_portrait(portrait: Path, silent_track, record_property) -> None:
+    """6 s of digital silence, the head idling as it does live: in every frame the mouth box,
+    and outside blinks the eye boxes, are the portrait's own pixels (>= 38 dB) moved by the
+    frame's head pose; the mouth compositor draws nothing (no teeth hint, no seam).
+
+    The reference is the portrait rendered at the frame's head pose with every expression
+    channel at rest (a pure warp of the portrait: the rest row renders it byte for byte).
+    Image registration is the rig-independent check of the mouth box: a homography models
+    the idle turn well there (>= 41 dB measured), while around the eyes the 2.5D turn's
+    parallax (eyes behind glasses and brow) is not a homography and costs Hopper's textured
+    eyes up to 2 dB at 4 degrees of yaw even with the expression held at rest."""
+    avatar, rig = prepare_avatar(portrait, RenderOptions())
     renderer = Renderer(rig)
-    boxes = _eye_boxes(avatar, rig)
-    blink = track.frames[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]].max(1)
-    scores = []
-    for row in track.frames[blink <= 0.02]:
+    assert np.array_equal(renderer.render(rest_frame()), avatar.image)
+    mouth = _mouth_box(avatar.landmarks)
+    eyes = _eye_boxes(avatar, rig)
+    frames = silent_track.frames
+    blink = frames[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]].max(1)
+    assert np.abs(frames[:, HEAD_SLICE]).max() > 0.01, "the head should idle in silence"
+    mouth_scores, eye_scores, registered_mouth, registered_eyes = [], [], [], []
+    for k, row in enumerate(frames):
         frame = renderer.render(row)
-        scores.append(min(_psnr(frame[y0:y1, x0:x1], avatar.image[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes))
-    record_property("eye_psnr_min", min(scores))
-    assert len(scores) > 0.7 * len(track.frames)
-    assert min(scores) >= MIN_EYE_PSNR, f"eye boxes at rest: worst {min(scores):.1f} dB"
+        redrawn = frame.copy()
+        renderer.mouth.composite(redrawn, rig.vertices[:, :2] + renderer.vertex_displacement(row))
+        assert np.array_equal(redrawn, frame), f"frame {k}: the mouth compositor drew into a silent frame"
+        posed = renderer.render(_head_pose_only(row))
+        x0, y0, x1, y1 = mouth
+        mouth_scores.append(_psnr(frame[y0:y1, x0:x1], posed[y0:y1, x0:x1]))
+        if blink[k] <= 0.02:
+            eye_scores.append(min(_psnr(frame[y0:y1, x0:x1], posed[y0:y1, x0:x1]) for x0, y0, x1, y1 in eyes))
+        if k % 5 == 0:
+            registered_mouth.append(_image_registered_psnr(frame, avatar.image, mouth))
+            if blink[k] <= 0.02:
+                registered_eyes.append(min(_image_registered_psnr(frame, avatar.image, box) for box in eyes))
+    record_property("mouth_psnr_min", round(min(mouth_scores), 2))
+    record_property("eye_psnr_min", round(min(eye_scores), 2))
+    record_property("mouth_image_registered_psnr_min", round(min(registered_mouth), 2))
+    record_property("eye_image_registered_psnr_min", round(min(registered_eyes), 2))
+    print(f"\n[measure] {portrait.stem}: silence mouth >= {min(mouth_scores):.1f} dB, eyes >= {min(eye_scores):.1f} dB "
+          f"(head-pose reference); image-registered: mouth >= {min(registered_mouth):.1f} dB, "
+          f"eyes >= {min(registered_eyes):.1f} dB (not asserted: the turn's parallax)")
+    assert len(eye_scores) > 0.7 * len(frames)
+    assert min(mouth_scores) >= MIN_SILENCE_PSNR, f"mouth box in silence: worst {min(mouth_scores):.1f} dB"
+    assert min(eye_scores) >= MIN_SILENCE_PSNR, f"eye boxes in silence: worst {min(eye_scores):.1f} dB"
+    assert min(registered_mouth) >= MIN_SILENCE_PSNR, f"mouth box, image-registered: worst {min(registered_mouth):.1f} dB"
 
 
 def _opening_mask(points: np.ndarray, shape: tuple[int, ...], erode: int) -> np.ndarray:

@@ -219,6 +219,9 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
             assert table[-1][1] >= 0.9 or table[-1][2] > 0.03
         model = DiffusionMotion.from_file(tmp_path / "weights" / f"{kind}.safetensors")
         assert model.seal_bias == calibration["bias"]
+        # The rest offset is stored with the weights, named in the metrics.
+        assert {name: round(float(model.rest_offset[INDEX[name]]), 4) for name in metrics["rest_offset"][kind]} == \
+            metrics["rest_offset"][kind]
 
 
 def test_training_is_reproducible(tmp_path) -> None:

@@ -135,6 +135,30 @@ class SealCalibration:
     table: list[tuple[float, float, float]]  # (bias, closure recall, false-closure rate) per bias tried
 
 
+REST_CALIBRATION_SEEDS = tuple(range(100, 116))
+REST_CALIBRATION_SECONDS = 10.0
+
+
+def calibrate_rest_offset(model: DiffusionMotion, seeds: Sequence[int] = REST_CALIBRATION_SEEDS,
+                          seconds: float = REST_CALIBRATION_SECONDS) -> np.ndarray:
+    """The rest offset of ``model``: per expression channel, the highest level it holds in
+    digital silence over 16 seeds (zero for head pose and blinks, which idle on purpose, and for
+    the lip gap, whose closing is the seal calibration's).
+
+    The training targets idle with a faint smile, squint and brow drift; taken off the output,
+    silence renders as the portrait's own expression and speech keeps its expressions, each
+    lower by at most that idle level (a few hundredths)."""
+    from emolive.engine.motion.diffusion import EXPRESSION_CHANNELS
+
+    probe = model.new_stream()
+    probe.rest_offset = np.zeros_like(model.rest_offset)
+    silence = video_frame_features(log_mel(np.zeros(int(seconds * 16000), np.float32)))
+    tracks = [generate_tracks(probe, [silence], seed)[0] for seed in seeds]
+    offset = np.zeros_like(model.rest_offset)
+    offset[EXPRESSION_CHANNELS] = np.max([track[:, EXPRESSION_CHANNELS].max(0) for track in tracks], axis=0)
+    return offset
+
+
 def calibrate_seal_bias(model: DiffusionMotion, clips: Sequence[tuple[np.ndarray, list[Phone], str]],
                         min_recall: float = 0.9, max_false: float = 0.03, seed: int = 0) -> SealCalibration:
     """The starting noise of the lip seal (``mouthClose``) that makes bilabials close.
@@ -195,8 +219,7 @@ def generate_tracks(model: MotionModel, features: Sequence[np.ndarray], seed: in
 
     if not isinstance(model, DiffusionMotion) or len(features) < 2:
         return [generate(model, f, MotionControls(seed=seed)).frames for f in features]
-    streams = [DiffusionMotion(model.model, steps=model.steps, name=model.name, speed=model.speed,
-                               seal_bias=model.seal_bias, denoiser=model.denoiser) for _ in features]
+    streams = [model.new_stream() for _ in features]
     la = model.lookahead_frames
     silence = np.full((la, *np.shape(features[0])[1:]), SILENCE_FEATURE, np.float32)
     padded = [np.concatenate([np.asarray(f, np.float32), silence]) for f in features]

@@ -79,6 +79,15 @@ def write_model_card(metrics: dict, path: Path) -> None:
         *[f"| {kind} | {row[0]:.2f}{' (chosen)' if row[0] == cal['bias'] else ''} | {row[1]:.3f} | {row[2]:.3f} |"
           for kind, cal in metrics.get("seal_calibration", {}).items() for row in cal["table"]],
         "",
+        "## Rest offset",
+        ("In digital silence the model holds a faint expression (its targets idle with a slight smile, squint and brow "
+         "drift). The highest level of each expression channel over 16 seeds × 10 s of silence is stored with the weights "
+         "and taken off every frame (`emolive.training.evaluate.calibrate_rest_offset`), so silence shows the portrait's "
+         "own expression; head pose, blinks and the lip gap are left alone. Largest offsets:"),
+        "",
+        *[f"- {kind}: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(offset.items(), key=lambda i: -i[1])[:6])
+          for kind, offset in metrics.get("rest_offset", {}).items()],
+        "",
         "## Metrics (held-out voices and language)",
         "",
         metrics["table"],

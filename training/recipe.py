@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emolive.engine.motion.diffusion import DiffusionMotion, save_model
+from emolive.engine.motion.diffusion import DiffusionMotion, load_model, save_model
 from emolive.engine.motion.dit import DiTConfig, MotionDiT
 from emolive.training.corpus import (
     HELD_OUT_LANGUAGE,
@@ -55,12 +55,13 @@ class RecipeConfig:
     workers: int = 2
     bench_seconds: float = 8.0
     calibration_per_voice: int = 6
+    rest_seconds: float = 10.0  # of digital silence per seed for the rest offset
 
 
 SCALES = {
     "full": RecipeConfig,
     "smoke": lambda: RecipeConfig(
-        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0, calibration_per_voice=1, teacher_steps=8,
+        n_train=16, copies=1, eval_per_group=1, bench_seconds=2.0, calibration_per_voice=1, rest_seconds=1.0, teacher_steps=8,
         model=DiTConfig(past_frames=8, audio_hidden=32, d_model=64, depth=2, heads=2, hop_frames=1, lookahead=1,
                         feature_norm=True),
         teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
@@ -129,13 +130,15 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
 
     t1 = time.perf_counter()
     calibration = calibrate_seal(teacher, student, cfg, seed, log)
+    rest = {kind: calibrate_rest(DiffusionMotion(model, steps=steps, name=kind), cfg.rest_seconds, log)
+            for kind, model, steps in (("teacher", teacher, cfg.teacher_steps), ("student", student, cfg.student_steps))}
     timings["calibration_s"] = time.perf_counter() - t1
 
     weights = out_dir / "weights"
     save_model(teacher, weights / "teacher.safetensors", kind="teacher", steps=cfg.teacher_steps,
-               seal_bias=calibration["teacher"]["bias"], extra={"seed": seed, "scale": scale})
+               seal_bias=calibration["teacher"]["bias"], rest_offset=rest["teacher"], extra={"seed": seed, "scale": scale})
     save_model(student, weights / "student.safetensors", kind="student", steps=cfg.student_steps,
-               seal_bias=calibration["student"]["bias"], extra={"seed": seed, "scale": scale})
+               seal_bias=calibration["student"]["bias"], rest_offset=rest["student"], extra={"seed": seed, "scale": scale})
 
     t1 = time.perf_counter()
     metrics = evaluate_weights(paths["eval"], weights, cfg.teacher_steps, cfg.student_steps, log=log,
@@ -161,6 +164,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
                      "teacher_steps_run": teacher_hist.steps, "student_steps_run": student_hist.steps},
         "machine": {"cpu_threads": 1, "platform": platform.platform(), "torch": torch.__version__},
         "seal_calibration": calibration,
+        "rest_offset": {kind: _named_offset(offset) for kind, offset in rest.items()},
     })
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     log(metrics["table"])
@@ -183,6 +187,45 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
 
 def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
+
+
+def _named_offset(offset: np.ndarray) -> dict[str, float]:
+    from emolive.engine.motion_space import CHANNELS
+
+    return {name: round(float(value), 4) for name, value in zip(CHANNELS, offset) if value > 0}
+
+
+def calibrate_rest(model: DiffusionMotion, seconds: float = RecipeConfig.rest_seconds, log=print) -> np.ndarray:
+    """The rest offset of ``model`` (training.evaluate.calibrate_rest_offset), logged."""
+    from emolive.training.evaluate import calibrate_rest_offset
+
+    offset = calibrate_rest_offset(model, seconds=seconds)
+    largest = sorted(_named_offset(offset).items(), key=lambda item: -item[1])[:4]
+    log(f"recipe: {model.name} rest offset, largest: " + ", ".join(f"{name} {value:.3f}" for name, value in largest))
+    return offset
+
+
+def recalibrate_rest(weights_dir: Path, log=print) -> None:
+    """Recompute the rest offset of the teacher and student in ``weights_dir`` and rewrite their
+    metadata (the weights themselves unchanged); update metrics.json and the model card there."""
+    metrics_path = weights_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    for kind in ("teacher", "student"):
+        path = weights_dir / f"{kind}.safetensors"
+        model, meta = load_model(path)
+        motion = DiffusionMotion(model, steps=int(meta["steps"]), name=kind, seal_bias=float(meta.get("seal_bias", 0.0)))
+        offset = calibrate_rest(motion, log=log)
+        extra = json.loads(meta["extra"]) if "extra" in meta else None
+        save_model(model, path, kind=meta["kind"], steps=int(meta["steps"]), seal_bias=float(meta.get("seal_bias", 0.0)),
+                   rest_offset=offset, extra=extra)
+        if metrics is not None:
+            metrics.setdefault("rest_offset", {})[kind] = _named_offset(offset)
+    if metrics is not None:
+        from emolive.training.model_card import write_model_card
+
+        metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_model_card(metrics, weights_dir / "MODEL_CARD.md")
+    log(f"recipe: rest offsets written into {weights_dir}")
 
 
 def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, seed: int, log=print) -> dict:

@@ -13,6 +13,11 @@ few Euler steps of the rectified-flow DiT (``emolive.engine.motion.dit``) from s
 - the blink clock: time since the last blink onset in its own output (the one piece of history
   older than the buffer that matters: blinks come at a rhythm, not at random).
 
+The frames a caller gets have the checkpoint's *rest offset* taken off the expression
+channels: the highest level each holds in digital silence (a faint smile, squint and brow the
+training targets' idle drift left in the model). Silence then shows the portrait's own
+expression, not the model's idle one; the buffer keeps the model's own values.
+
 A call may ask for any number of frames: they are made in hops of ``H`` (a shorter trailing hop
 has its missing frames marked as such), so chunking a stream in multiples of ``H`` frames gives
 exactly the frames :func:`emolive.engine.motion.generate` gives. The noise of every hop is
@@ -44,7 +49,7 @@ from emolive.engine.motion.backends import Denoiser, DenoiserInputs, TorchDenois
 from emolive.engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
 from emolive.engine.motion.featnorm import RunningBandMean
 from emolive.engine.motion.sampler import sample
-from emolive.engine.motion_space import HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from emolive.engine.motion_space import CHANNELS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BLINK_CLOCK_S = 6.0  # the blink clock saturates here: "a long time ago"
@@ -52,6 +57,10 @@ BLINK_ONSET = 0.5
 BLINK_INDEX = INDEX["eyeBlinkLeft"]
 assert INDEX["eyeBlinkRight"] == BLINK_INDEX + 1
 SEAL_INDEX = INDEX["mouthClose"]
+# The channels a rest offset applies to: all but head pose and blinks, which idle on purpose,
+# and the lip gap (jawOpen, mouthClose), whose closing is the seal calibration's.
+EXPRESSION_CHANNELS = np.array([i for i, name in enumerate(CHANNELS) if i >= HEAD_SLICE.stop
+                                and not name.startswith("eyeBlink") and name not in ("jawOpen", "mouthClose")])
 FIRST_BLINK_S = (0.3, 2.5)
 BLINK_MEAN_S = 3.4
 
@@ -75,17 +84,27 @@ def frames_since_blink_onset(blink: np.ndarray, start: float = 1e6) -> np.ndarra
 
 
 def save_model(model: MotionDiT, path: str | Path, *, kind: str, steps: int, seal_bias: float = 0.0,
-               extra: dict | None = None) -> None:
-    """Write weights + config + default step count as one safetensors file."""
+               rest_offset: Sequence[float] | None = None, extra: dict | None = None) -> None:
+    """Write weights + config + default step count + calibrations as one safetensors file."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"config": model.cfg.to_json(), "kind": kind, "steps": str(steps), "seal_bias": repr(float(seal_bias)),
             "format": "emolive-motion-dit-1"}
+    if rest_offset is not None:
+        meta["rest_offset"] = json.dumps(dict(zip(CHANNELS, map(float, rest_offset))))
     if extra:
         meta["extra"] = json.dumps(extra, sort_keys=True)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
+
+
+def rest_offset_from_meta(meta: dict) -> np.ndarray:
+    """The rest offset a checkpoint's metadata holds, by channel name (zeros if it has none)."""
+    offset = np.zeros(NUM_CHANNELS, np.float32)
+    for name, value in json.loads(meta.get("rest_offset", "{}")).items():
+        offset[INDEX[name]] = value
+    return offset
 
 
 def load_model(path: str | Path) -> tuple[MotionDiT, dict]:
@@ -119,7 +138,8 @@ class DiffusionMotion:
     the backend; noise, sampling, buffer and blink guard are here, the same for all of them."""
 
     def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0,
-                 seal_bias: float = 0.0, denoiser: Denoiser | None = None) -> None:
+                 seal_bias: float = 0.0, rest_offset: np.ndarray | None = None,
+                 denoiser: Denoiser | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.model = model
@@ -130,6 +150,9 @@ class DiffusionMotion:
         self.name = name
         self.speed = speed
         self.seal_bias = seal_bias
+        self.rest_offset = np.zeros(NUM_CHANNELS, np.float32) if rest_offset is None else np.asarray(rest_offset, np.float32)
+        if np.delete(self.rest_offset, EXPRESSION_CHANNELS).any():
+            raise ValueError("a rest offset applies to expression channels only, not head pose, blinks or the lip gap")
         self.denoiser = denoiser or TorchDenoiser(model)
         self._mean = model.mean.numpy().astype(np.float32)
         self._std = model.std.numpy().astype(np.float32)
@@ -137,12 +160,17 @@ class DiffusionMotion:
 
     @classmethod
     def from_file(cls, path: str | Path, *, steps: int | None = None, name: str | None = None,
-                  speed: float = 1.0, backend: str = "torch") -> "DiffusionMotion":
+                  speed: float = 1.0, backend: str = "torch") -> DiffusionMotion:
         """Load weights; ``backend`` picks the denoiser's runtime (:mod:`emolive.engine.motion.backends`)."""
         model, meta = load_cached(str(Path(path).resolve()))
         return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"),
-                   speed=speed, seal_bias=float(meta.get("seal_bias", 0.0)),
+                   speed=speed, seal_bias=float(meta.get("seal_bias", 0.0)), rest_offset=rest_offset_from_meta(meta),
                    denoiser=create_denoiser(path, model, backend))
+
+    def new_stream(self) -> DiffusionMotion:
+        """Another stream of the same model, settings and denoiser (its own state)."""
+        return DiffusionMotion(self.model, steps=self.steps, name=self.name, speed=self.speed,
+                               seal_bias=self.seal_bias, rest_offset=self.rest_offset, denoiser=self.denoiser)
 
     @property
     def backend(self) -> str:
@@ -214,6 +242,7 @@ class DiffusionMotion:
         self._audio = np.concatenate([self._audio, window[:n]])[-self.cfg.audio_past :]
         if self._band_mean is not None:
             self._band_mean.update(window[:n])
+        frames[:, EXPRESSION_CHANNELS] = np.maximum(frames[:, EXPRESSION_CHANNELS] - self.rest_offset[EXPRESSION_CHANNELS], 0.0)
         return frames
 
     def _guard_blinks(self, frames: np.ndarray) -> None:
