@@ -109,6 +109,13 @@ class LocalFace:
     a render waiting there for the interpreter lock delays voice packets, and the listener's
     jitter buffer grows. Spawning them needs ``if __name__ == "__main__"`` in the main script.
     ``rig`` is a prepared avatar (``emolive.engine.offline.prepare_avatar``), to skip preparing it.
+
+    ``motion`` defaults to the baseline, not the student that ``emolive serve`` runs: the motion
+    step runs in the agent's process, and with the student there Chromium's audio jitter buffer
+    in the Pipecat bot grew to 135-224 ms (46-70 with the baseline) and the voice stopped
+    263-360 ms after an interruption instead of 87-92. For the student, use a
+    :class:`RemoteFace` on a server, or pass ``motion="student"`` where the voice's path can
+    take it.
     """
 
     def __init__(self, portrait: str | Path | None = None, *, size: int = FRAME_SIZE, motion: str = "baseline",
