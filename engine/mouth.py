@@ -9,7 +9,8 @@ one lip (a similarity fit to that lip's inner contour) over a cavity that darken
 and holds a tongue:
 
 * a portrait with parted lips shows its own cavity: the part above a split line rides the
-  upper lip (upper teeth), the part below rides the jaw;
+  upper lip (upper teeth), the part below rides the jaw, with a synthetic lower row in the
+  portrait's own tooth colour standing on the split line;
 * a closed-mouth portrait gets a synthetic dental arch, drawn once per avatar: individual
   upper and lower teeth whose widths follow an arch seen in perspective, with gaps, a gum
   line under the lip's rest edge (so the lip covers the top of the upper row), shading
@@ -61,7 +62,7 @@ class MouthStyle:
     cavity_top: np.ndarray
     cavity_bottom: np.ndarray
     flat: bool
-    # Tongue mask as clip(gain * blob - offset): soft for photos, nearly hard-edged when flat.
+    # Tongue mask as clip(gain * mound - offset): soft for photos, nearly hard-edged when flat.
     tongue_gain: float
     tongue_offset: float
     corner_shade: float  # how much darker the cavity is at the corners than at the centre
@@ -162,16 +163,16 @@ def portrait_style(image: np.ndarray, landmarks: np.ndarray) -> MouthStyle:
     colours = {
         "teeth": teeth,
         "gum": np.minimum(lip * 1.08, 255),
-        "tongue": lip * 0.78,
-        "cavity_top": lip * 0.2,
-        "cavity_bottom": lip * (0.2 if flat else 0.5),
+        "tongue": np.minimum(lip * 0.92, 255),
+        "cavity_top": lip * 0.12,
+        "cavity_bottom": lip * (0.12 if flat else 0.3),
     }
     if grey:
         colours = {name: np.repeat(_luma(value), 3).astype(np.float32) for name, value in colours.items()}
     return MouthStyle(
         **{name: np.asarray(value, np.float32) for name, value in colours.items()},
         flat=flat,
-        tongue_gain=8.0 if flat else 0.6,
+        tongue_gain=8.0 if flat else 1.0,
         tongue_offset=3.5 if flat else 0.0,
         corner_shade=0.15 if flat else 0.45,
     )
@@ -232,13 +233,17 @@ def _row(
     return np.concatenate([rgb, (cover * vanish)[..., None]], axis=-1)
 
 
-def synthetic_teeth(rig: Rig, style: MouthStyle) -> tuple[MouthPiece, MouthPiece, float]:
+def synthetic_teeth(rig: Rig, style: MouthStyle, lower_base: np.ndarray | None = None,
+                    lower_shade: float = 0.85) -> tuple[MouthPiece, MouthPiece, float]:
     """Upper and lower rows of teeth for a closed-mouth portrait, in its rest pixels, and the
-    width in pixels of an upper central incisor."""
+    width in pixels of an upper central incisor. The lower crowns rise from the lower lip's
+    inner edge, or from ``lower_base`` (rest pixels, left to right) when given; either way the
+    row rides the lower lip. Lower teeth are ``lower_shade`` as bright as the upper ones."""
     frame, mouth = rig.frame, rig.mouth
     upper = rig.vertices[mouth.upper_inner, :2].astype(np.float64)
     lower = rig.vertices[mouth.lower_inner, :2].astype(np.float64)
     upper_face, lower_face = frame.to_face(upper), frame.to_face(lower)
+    base_face = frame.to_face(np.asarray(lower_base, np.float64)) if lower_base is not None else lower_face
     corners = upper_face[[0, -1], 0]
     centre_a = float(corners.mean())
     half_face = max(float(abs(corners[1] - corners[0])) / 2, 1e-3)
@@ -262,8 +267,8 @@ def synthetic_teeth(rig: Rig, style: MouthStyle) -> tuple[MouthPiece, MouthPiece
     for lip, contour, depth, arch, crowns, colour in (
         ("upper", upper, (b - edge(upper_face)) * mm_per_face,
          _Arch(_UPPER_WIDTHS_MM, _HALF_MOUTH_MM), _UPPER_CROWNS_MM, style.teeth),
-        ("lower", lower, (edge(lower_face) - b) * mm_per_face,
-         _Arch(_LOWER_WIDTHS_MM, _LOWER_ARCH * _HALF_MOUTH_MM), _LOWER_CROWNS_MM, style.teeth * 0.85),
+        ("lower", lower, (edge(base_face) - b) * mm_per_face,
+         _Arch(_LOWER_WIDTHS_MM, _LOWER_ARCH * _HALF_MOUTH_MM), _LOWER_CROWNS_MM, style.teeth * lower_shade),
     ):
         rgba = _row(style, arch, crowns, x_mm, depth, across, px_per_mm, colour)
         rgba[..., 3] *= 255
@@ -305,13 +310,17 @@ class MouthCompositor:
             # piece's edge and the opening's edge are both feathered.
             tuck = (0.025 * iod * rig.frame.v).astype(np.float32)
             origin = np.zeros(2, np.float32)
-            # Behind the portrait's own cavity, a synthetic lower row: a wide opening shows
-            # lower teeth that a smile's own cavity hardly holds (else a black gap).
-            _, lower_row, self.tooth_width = synthetic_teeth(rig, self.style)
+            # Over the portrait's own lower cavity (the shadow between its teeth and lower lip,
+            # riding the jaw), a synthetic lower row whose crowns rise from the split line: at
+            # rest they stand behind the upper teeth, and as the jaw drops their full crowns
+            # show, in the portrait's own tooth colour (a smile's cavity hardly holds lower
+            # teeth; without them a wide opening is a black gap, with crowns measured from the
+            # lip a dotted line).
+            _, lower_row, self.tooth_width = synthetic_teeth(rig, self.style, mouth.cavity_split, lower_shade=1.0)
             self.pieces = [
-                lower_row,
                 MouthPiece(mouth.cavity_image, origin, mouth.cavity_lower, "lower",
                            np.concatenate([mouth.cavity_split, mouth.cavity_lower[::-1] + tuck])),
+                lower_row,
                 MouthPiece(mouth.cavity_image, origin, mouth.cavity_upper, "upper",
                            np.concatenate([mouth.cavity_upper - tuck, mouth.cavity_split[::-1]])),
             ]
@@ -366,9 +375,15 @@ class MouthCompositor:
         half_width = max(float(np.ptp(opening[:, 0])) / 2, 1.0)
         across = np.clip(np.abs(xs - centre_x) / half_width, 0, 1)[..., None]
         canvas = (style.cavity_top + t * (style.cavity_bottom - style.cavity_top)) * (1 - style.corner_shade * across**2)
-        blob = np.exp(-(((xs - centre_x) / (0.45 * half_width)) ** 2)) * np.exp(-(((ys - bottom) / (0.35 * gap)) ** 2))
-        tongue = np.clip(style.tongue_gain * blob - style.tongue_offset, 0, 1)
-        canvas += tongue[..., None] * (style.tongue - canvas)
+        # The tongue: a broad mound on the floor of the mouth, its top 0.62 of the way up (the
+        # upper teeth and the dark behind them above it), lit on its upper surface and
+        # falling into shadow towards the sides.
+        rise = np.clip((ys - (bottom - 0.62 * gap)) / (0.15 * gap), 0, 1)
+        mound = np.sqrt(np.clip(1 - ((xs - centre_x) / (0.7 * half_width)) ** 2, 0, 1))
+        tongue = np.clip(style.tongue_gain * rise * mound - style.tongue_offset, 0, 1)
+        light = 0.7 + 0.3 * np.exp(-(((ys - (bottom - 0.48 * gap)) / (0.1 * gap)) ** 2))
+        colour = style.tongue * (light * (1 - 0.5 * across[..., 0] ** 2))[..., None]
+        canvas += tongue[..., None] * (colour - canvas)
         return canvas
 
     def _paste_piece(self, canvas: np.ndarray, piece: MouthPiece, moved: np.ndarray, offset: np.ndarray) -> None:

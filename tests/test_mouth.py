@@ -200,3 +200,57 @@ def test_own_upper_teeth_stay_whole_when_the_jaw_drops(rigs, name: str, record_p
     opened = luma(renderer.render(_motion(jawOpen=0.6)))
     record_property("teeth_band_luma", dict(rest=round(rest, 1), open=round(opened, 1)))
     assert opened >= 0.9 * rest, f"upper teeth band darkened from {rest:.0f} to {opened:.0f} with the jaw open"
+
+
+@pytest.mark.parametrize("name", ["astronaut", "obama"])
+def test_wide_open_smile_shows_lower_teeth_and_a_tongue(rigs, name: str, record_property) -> None:
+    """jawOpen 0.8 on a smile with its own teeth: below the own upper teeth, a row of lower
+    teeth with per-tooth structure and nearly their brightness (not a grey dotted line), and
+    behind them a tongue, lit and redder than the dark top of the cavity (not a flat hole)."""
+    from emolive.engine.mouth import _similarity
+
+    avatar, rig = rigs[name]
+    renderer = Renderer(rig)
+    motion = _motion(jawOpen=0.8)
+    frame = renderer.render(motion)
+    luma = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    positions = rig.vertices[:, :2] + renderer.vertex_displacement(motion)
+    mm = renderer.mouth.tooth_width / 8.5  # pixels per millimetre: an upper central incisor is 8.5 mm wide
+    split = rig.mouth.cavity_split
+
+    def moved(points: np.ndarray, lip: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        affine = _similarity(rest, positions[lip])
+        return points @ affine[:, :2].T + affine[:, 2]
+
+    def along(line: np.ndarray, image: np.ndarray) -> np.ndarray:
+        order = np.argsort(line[:, 0])
+        left, right = line[:, 0].min(), line[:, 0].max()
+        centre, half = (left + right) / 2, (right - left) / 2
+        xs = np.arange(np.ceil(centre - 0.5 * half), np.floor(centre + 0.5 * half) + 1)
+        ys = np.interp(xs, line[order, 0], line[order, 1])
+        return cv2.remap(image, xs.astype(np.float32)[None], ys.astype(np.float32)[None], cv2.INTER_LINEAR)[0]
+
+    # The lower crowns stand on the split line as the jaw carries it: sample 1.5 mm above it.
+    lower_split = moved(split, rig.mouth.lower_inner, rig.mouth.cavity_lower)
+    lower_teeth = along(lower_split - [0, 1.5 * mm], luma)
+    period, strength = _periodicity(lower_teeth)
+    upper_teeth = along(moved(split, rig.mouth.upper_inner, rig.mouth.cavity_upper) - [0, 2.0 * mm], luma)
+    record_property(f"{name}_lower_row", dict(period=period, strength=round(strength, 2),
+                                              luma=round(float(lower_teeth.mean()), 1),
+                                              upper_luma=round(float(upper_teeth.mean()), 1)))
+    assert strength >= MIN_PERIODICITY and 3 * mm <= period <= 9 * mm, (period, strength, mm)
+    # A dotted grey line measured 0.72-0.74 of the upper teeth here; the row now 0.8-0.9.
+    assert lower_teeth.mean() >= 0.78 * upper_teeth.mean(), "the lower teeth are a grey line"
+
+    # Between the upper teeth and the lower crowns' tips: dark behind the upper teeth, the
+    # lit tongue lower down.
+    top = moved(split, rig.mouth.upper_inner, rig.mouth.cavity_upper)
+    tips = lower_split - [0, 3.5 * mm]
+    rows = np.array([[along(top + f * (tips - top), frame[..., c].astype(np.float32)).mean() for c in range(3)]
+                     for f in np.linspace(0.1, 0.9, 9)])
+    row_luma = rows @ [0.299, 0.587, 0.114]
+    tongue = rows[np.argmax(row_luma)]
+    record_property(f"{name}_cavity", dict(dark=round(float(row_luma.min()), 1), tongue=tongue.round(1).tolist()))
+    assert row_luma.max() >= row_luma.min() + 25, f"no tongue: the cavity is one flat dark {row_luma.round(0)}"
+    assert np.argmax(row_luma) > np.argmin(row_luma), "the cavity is lighter at the top than at the tongue"
+    assert tongue[0] >= tongue[1] + 10, f"the tongue is not red: {tongue.round(0)}"
