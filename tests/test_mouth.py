@@ -209,7 +209,7 @@ def test_wide_open_smile_shows_lower_teeth_and_a_tongue(rigs, name: str, record_
     behind them a tongue, lit and redder than the dark top of the cavity (not a flat hole)."""
     from emolive.engine.mouth import _similarity
 
-    avatar, rig = rigs[name]
+    _, rig = rigs[name]
     renderer = Renderer(rig)
     motion = _motion(jawOpen=0.8)
     frame = renderer.render(motion)
