@@ -146,12 +146,13 @@ def test_silence_is_the_portrait(portrait: Path, silent_track, record_property) 
     and outside blinks the eye boxes, are the portrait's own pixels (>= 38 dB) moved by the
     frame's head pose; the mouth compositor draws nothing (no teeth hint, no seam).
 
-    The reference is the portrait rendered at the frame's head pose with every expression
-    channel at rest (a pure warp of the portrait: the rest row renders it byte for byte).
-    Image registration is the rig-independent check of the mouth box: a homography models
-    the idle turn well there (>= 41 dB measured), while around the eyes the 2.5D turn's
-    parallax (eyes behind glasses and brow) is not a homography and costs Hopper's textured
-    eyes up to 2 dB at 4 degrees of yaw even with the expression held at rest."""
+    Two references: the portrait rendered at the frame's head pose with every expression
+    channel at rest (a pure warp of the portrait: the rest row renders it byte for byte), and,
+    independent of the rig, the portrait crop registered onto the frame by image alone (a
+    template match, then an ECC homography; every 5th frame). The second is looser around
+    the eyes: a 2.5D turn's parallax is no homography (4 degrees of yaw cost Hopper's eyes
+    behind glasses about 2 dB with v7's idle head), yet it holds 38 dB with the idle head of
+    the shipped model."""
     avatar, rig = prepare_avatar(portrait, RenderOptions())
     renderer = Renderer(rig)
     assert np.array_equal(renderer.render(rest_frame()), avatar.image)
@@ -181,11 +182,12 @@ def test_silence_is_the_portrait(portrait: Path, silent_track, record_property) 
     record_property("eye_image_registered_psnr_min", round(min(registered_eyes), 2))
     print(f"\n[measure] {portrait.stem}: silence mouth >= {min(mouth_scores):.1f} dB, eyes >= {min(eye_scores):.1f} dB "
           f"(head-pose reference); image-registered: mouth >= {min(registered_mouth):.1f} dB, "
-          f"eyes >= {min(registered_eyes):.1f} dB (not asserted: the turn's parallax)")
+          f"eyes >= {min(registered_eyes):.1f} dB")
     assert len(eye_scores) > 0.7 * len(frames)
     assert min(mouth_scores) >= MIN_SILENCE_PSNR, f"mouth box in silence: worst {min(mouth_scores):.1f} dB"
     assert min(eye_scores) >= MIN_SILENCE_PSNR, f"eye boxes in silence: worst {min(eye_scores):.1f} dB"
     assert min(registered_mouth) >= MIN_SILENCE_PSNR, f"mouth box, image-registered: worst {min(registered_mouth):.1f} dB"
+    assert min(registered_eyes) >= MIN_SILENCE_PSNR, f"eye boxes, image-registered: worst {min(registered_eyes):.1f} dB"
 
 
 def _opening_mask(points: np.ndarray, shape: tuple[int, ...], erode: int) -> np.ndarray:

@@ -77,12 +77,18 @@ def _eq(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _reverb(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic room: the direct sound, a pre-delay, and an exponentially decaying diffuse
+    tail at a direct-to-reverberant ratio from a microphone across the room (-2 dB) to a close
+    one (15 dB). (The tail's level was once a plain gain, which left most rooms at -10 to
+    -19 dB, louder than any room users talk in; the model learnt that under reverb a lip
+    closure cannot be heard, and closed for 0.55 of them even in a close-miked room.)"""
     rt60 = rng.uniform(0.1, 0.7)
     n = int(rt60 * SR)
     t = np.arange(n) / SR
-    rir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
-    rir[: int(0.002 * SR)] *= np.linspace(0, 1, int(0.002 * SR))
-    rir = np.concatenate([[1.0], np.zeros(int(rng.uniform(0.001, 0.02) * SR)), rir * rng.uniform(0.05, 0.4)])
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
+    tail[: int(0.002 * SR)] *= np.linspace(0, 1, int(0.002 * SR))
+    tail *= math.sqrt(10 ** (-rng.uniform(-2.0, 15.0) / 10) / float(np.sum(tail**2)))
+    rir = np.concatenate([[1.0], np.zeros(int(rng.uniform(0.001, 0.02) * SR)), tail])
     from scipy.signal import fftconvolve
 
     wet = fftconvolve(audio, rir)[: len(audio)]
