@@ -27,6 +27,15 @@ LIP_SYNC_TEXT = (
 )
 
 
+def mouth_box(landmarks: np.ndarray, margin: int = 4) -> tuple[int, int, int, int]:
+    """The box around a portrait's outer lip contours (pixels), ``margin`` wider on each side."""
+    from emolive.engine import face_topology as topo
+
+    lips = landmarks[list(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER), :2]
+    (x0, y0), (x1, y1) = np.floor(lips.min(0) - margin).astype(int), np.ceil(lips.max(0) + margin).astype(int)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
 def emolive_command() -> list[str]:
     """The installed console script next to this interpreter (what a user runs)."""
     script = Path(sys.executable).parent / "emolive"

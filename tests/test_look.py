@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from emolive.cli.look_sheet import POSES, TILE, closeup_path
-from conftest import ROOT, PORTRAIT, check_ok, run_emolive
+from conftest import ROOT, PORTRAIT, check_ok, mouth_box, run_emolive
 from emolive.engine import face_topology as topo
 from emolive.engine.motion_space import HEAD_SLICE, INDEX, rest_frame
 from emolive.engine.offline import RenderOptions, audio_to_motion, prepare_avatar
@@ -98,12 +98,6 @@ def _eye_boxes(avatar, rig) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def _mouth_box(landmarks: np.ndarray, margin: int = 4) -> tuple[int, int, int, int]:
-    lips = landmarks[list(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER), :2]
-    (x0, y0), (x1, y1) = np.floor(lips.min(0) - margin).astype(int), np.ceil(lips.max(0) + margin).astype(int)
-    return int(x0), int(y0), int(x1), int(y1)
-
-
 def _head_pose_only(row: np.ndarray) -> np.ndarray:
     posed = rest_frame()
     posed[HEAD_SLICE] = row[HEAD_SLICE]
@@ -156,7 +150,7 @@ def test_silence_is_the_portrait(portrait: Path, silent_track, record_property) 
     avatar, rig = prepare_avatar(portrait, RenderOptions())
     renderer = Renderer(rig)
     assert np.array_equal(renderer.render(rest_frame()), avatar.image)
-    mouth = _mouth_box(avatar.landmarks)
+    mouth = mouth_box(avatar.landmarks)
     eyes = _eye_boxes(avatar, rig)
     frames = silent_track.frames
     blink = frames[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]].max(1)

@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from conftest import PORTRAIT
+from conftest import PORTRAIT, mouth_box
 from emolive.engine import face_topology as topo
 from emolive.engine.audio import load_audio
 from emolive.engine.motion_space import INDEX, rest_frame
@@ -51,13 +51,6 @@ def rigs(portraits):
     return {name: prepare_avatar(path, RenderOptions()) for name, path in portraits.items()}
 
 
-def _mouth_box(landmarks: np.ndarray, margin: int = 4) -> tuple[int, int, int, int]:
-    lips = landmarks[list(topo.UPPER_LIP_OUTER + topo.LOWER_LIP_OUTER), :2]
-    x0, y0 = np.floor(lips.min(0) - margin).astype(int)
-    x1, y1 = np.ceil(lips.max(0) + margin).astype(int)
-    return int(x0), int(y0), int(x1), int(y1)
-
-
 def _motion(**channels: float) -> np.ndarray:
     row = rest_frame()
     for name, value in channels.items():
@@ -71,19 +64,24 @@ def _chroma(pixels: np.ndarray) -> float:
     return float((pixels.max(-1) - pixels.min(-1)).mean())
 
 
+def _profile_along(line: np.ndarray, image: np.ndarray, reach: float) -> np.ndarray:
+    """``image`` (one channel) sampled along ``line`` (points, any order), one sample per pixel
+    column over the middle ``reach`` of its half-width either side of its centre."""
+    order = np.argsort(line[:, 0])
+    left, right = line[:, 0].min(), line[:, 0].max()
+    centre, half = (left + right) / 2, (right - left) / 2
+    xs = np.arange(np.ceil(centre - reach * half), np.floor(centre + reach * half) + 1)
+    ys = np.interp(xs, line[order, 0], line[order, 1])
+    return cv2.remap(image, xs.astype(np.float32)[None], ys.astype(np.float32)[None], cv2.INTER_LINEAR)[0]
+
+
 def _upper_row_profile(renderer: Renderer, frame: np.ndarray, motion: np.ndarray, depth_px: float) -> np.ndarray:
     """Luminance along the upper row of teeth, ``depth_px`` below the upper lip's edge, over
     the middle of the mouth, one sample per pixel column."""
-    rig = renderer.rig
-    positions = rig.vertices[:, :2] + renderer.vertex_displacement(motion)
-    upper = positions[rig.mouth.upper_inner]
-    order = np.argsort(upper[:, 0])
-    left, right = upper[:, 0].min(), upper[:, 0].max()
-    centre, half = (left + right) / 2, (right - left) / 2
-    xs = np.arange(np.ceil(centre - 0.6 * half), np.floor(centre + 0.6 * half) + 1)
-    ys = np.interp(xs, upper[order, 0], upper[order, 1]) + depth_px
+    positions = renderer.rig.vertices[:, :2] + renderer.vertex_displacement(motion)
+    upper = positions[renderer.rig.mouth.upper_inner]
     luma = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    return cv2.remap(luma, xs.astype(np.float32)[None], ys.astype(np.float32)[None], cv2.INTER_LINEAR)[0]
+    return _profile_along(upper + [0, depth_px], luma, 0.6)
 
 
 def _periodicity(profile: np.ndarray) -> tuple[float, float]:
@@ -107,7 +105,7 @@ def test_rest_pose_is_the_portrait(rigs, name: str) -> None:
     """The neutral motion row shows the portrait's own mouth: no teeth hint, no line, and
     lips the portrait shows parted are not sealed."""
     avatar, rig = rigs[name]
-    x0, y0, x1, y1 = _mouth_box(avatar.landmarks)
+    x0, y0, x1, y1 = mouth_box(avatar.landmarks)
     frame = Renderer(rig).render(rest_frame())
     assert np.array_equal(frame[y0:y1, x0:x1], avatar.image[y0:y1, x0:x1])
 
@@ -119,7 +117,7 @@ def test_rest_pose_is_the_portrait(rigs, name: str) -> None:
 @pytest.mark.parametrize("name", ["astronaut_grey", "hopper_grey", "painted_grey"])
 def test_greyscale_portrait_stays_grey_while_speaking(rigs, name: str, record_property) -> None:
     avatar, rig = rigs[name]
-    x0, y0, x1, y1 = _mouth_box(avatar.landmarks, margin=8)
+    x0, y0, x1, y1 = mouth_box(avatar.landmarks, margin=8)
     track = audio_to_motion(load_audio(DEFAULT_AUDIO)[: 5 * 16000], RenderOptions())
     renderer = Renderer(rig)
     jaw = track.frames[:, INDEX["jawOpen"]]
@@ -223,12 +221,7 @@ def test_wide_open_smile_shows_lower_teeth_and_a_tongue(rigs, name: str, record_
         return points @ affine[:, :2].T + affine[:, 2]
 
     def along(line: np.ndarray, image: np.ndarray) -> np.ndarray:
-        order = np.argsort(line[:, 0])
-        left, right = line[:, 0].min(), line[:, 0].max()
-        centre, half = (left + right) / 2, (right - left) / 2
-        xs = np.arange(np.ceil(centre - 0.5 * half), np.floor(centre + 0.5 * half) + 1)
-        ys = np.interp(xs, line[order, 0], line[order, 1])
-        return cv2.remap(image, xs.astype(np.float32)[None], ys.astype(np.float32)[None], cv2.INTER_LINEAR)[0]
+        return _profile_along(line, image, 0.5)
 
     # The lower crowns stand on the split line as the jaw carries it: sample 1.5 mm above it.
     lower_split = moved(split, rig.mouth.lower_inner, rig.mouth.cavity_lower)
