@@ -54,7 +54,7 @@ def write_model_card(metrics: dict, path: Path) -> None:
         ("- Corpus reused from an earlier run with the same plan and seed (`--reuse-corpus`)"
          if t.get("corpus_reused") else f"- Corpus {t['corpus_s'] / 60:.1f} min") + f", teacher {t['teacher_s'] / 60:.1f} min "
         f"({tr['teacher_steps_run']} steps × batch {tr['teacher']['batch']}), student {t['student_s'] / 60:.1f} min "
-        f"({tr['student']['pairs']} teacher pairs, {tr['student_steps_run']} steps), seal calibration "
+        f"({tr['student']['pairs']} teacher pairs, {tr['student_steps_run']} steps), seal and rest calibration "
         f"{t.get('calibration_s', 0.0) / 60:.1f} min, evaluation {t['eval_s'] / 60:.1f} min; "
         f"total {t['total_s'] / 60:.1f} min. Seed {metrics['seed']}.",
         f"- Teacher loss {tr['teacher_loss_first']:.3f} -> {tr['teacher_loss_last']:.3f}; "

@@ -170,7 +170,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
     log(metrics["table"])
     log(f"recipe: done in {timings['total_s'] / 60:.1f} min "
         f"(corpus {timings['corpus_s'] / 60:.1f}, teacher {timings['teacher_s'] / 60:.1f}, "
-        f"student {timings['student_s'] / 60:.1f}, seal calibration {timings['calibration_s'] / 60:.1f}, "
+        f"student {timings['student_s'] / 60:.1f}, seal and rest calibration {timings['calibration_s'] / 60:.1f}, "
         f"eval {timings['eval_s'] / 60:.1f})")
     if install:
         SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
