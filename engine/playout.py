@@ -6,8 +6,9 @@ aligned by position: 16 kHz turn sample ``s`` is 48 kHz samples ``3s .. 3s + 2``
 reader only takes samples both streams have produced. Resampling is lazy (a few pieces per
 tick), so pushing a minute of audio at once does not block the event loop. soxr holds back
 part of each stream until more input or end_of_turn arrives, and how much swings from one
-push to the next (6–37 ms for 16, 24 or 48 kHz input, up to 178 ms for 8 kHz); the most a
-rate's streams can hold back is measured once per rate (:func:`max_holdback`). A turn that
+push to the next; the most a rate's streams can hold back is measured once per rate
+(:func:`max_holdback`): 20 ms for 48 kHz input (the features' low-quality filter), 22 ms for
+44.1 kHz, 36–38 ms for 16 and 24 kHz (the voice's high-quality one), 172 ms for 8 kHz. A turn that
 has not ended starts as soon as the reader can take its audio with that much, plus a margin
 for late pushes, still to come, and it may start anywhere inside a tick's read, after
 silence: a source pushing at least in real time then never runs the reader dry, the voice of
@@ -27,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import soxr
 
+from emolive.engine.audio import FEATURE_RESAMPLE_QUALITY
 from emolive.engine.formats import FEATURE_RATE, VOICE_RATE, VOICE_SAMPLES_PER_FRAME
 from emolive.engine.session_types import SessionStats
 
@@ -76,10 +78,11 @@ class TurnResampler:
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        # Same filter as engine.audio.to_mono_16k, so features match the offline path exactly.
+        # Features: the filter of engine.audio.to_mono_16k, so they match the offline path exactly.
+        # The voice users hear keeps the high-quality filter.
         self._streams = [
-            None if rate == out else soxr.ResampleStream(rate, out, 1, dtype="float32", quality="HQ")
-            for out in (FEATURE_RATE, VOICE_RATE)
+            None if rate == out else soxr.ResampleStream(rate, out, 1, dtype="float32", quality=quality)
+            for out, quality in ((FEATURE_RATE, FEATURE_RESAMPLE_QUALITY), (VOICE_RATE, "HQ"))
         ]
 
     def process(self, samples: np.ndarray, last: bool = False) -> list[np.ndarray]:
