@@ -222,6 +222,14 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
         # The rest offset is stored with the weights, named in the metrics.
         assert {name: round(float(model.rest_offset[INDEX[name]]), 4) for name in metrics["rest_offset"][kind]} == \
             metrics["rest_offset"][kind]
+        # The lip-seal detector ships beside the weights, with its calibrated threshold, and is used.
+        assert model.seal_detector is not None and model.seal_detector.threshold == metrics["seal_detector"]["threshold"]
+    seal = metrics["seal_detector"]
+    alone, *tried = seal["table"]
+    assert alone[0] is None and tried[-1][0] == seal["threshold"]
+    assert all(row[1] >= alone[1] for row in tried)  # a detector only adds closures
+    assert seal["loss_last"] < seal["loss_first"]
+    assert (tmp_path / "weights" / "seal.safetensors").stat().st_size <= 20 * 1024 * 1024
 
 
 def test_training_is_reproducible(tmp_path) -> None:

@@ -78,6 +78,7 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "|---|---:|---:|---:|",
         *[f"| {kind} | {row[0]:.2f}{' (chosen)' if row[0] == cal['bias'] else ''} | {row[1]:.3f} | {row[2]:.3f} |"
           for kind, cal in metrics.get("seal_calibration", {}).items() for row in cal["table"]],
+        *_seal_detector_lines(metrics.get("seal_detector")),
         "",
         "## Rest offset",
         ("In digital silence the model holds a faint expression (its targets idle with a slight smile, squint and brow "
@@ -110,6 +111,27 @@ def write_model_card(metrics: dict, path: Path) -> None:
         *_unmet_targets(metrics),
     ]
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _seal_detector_lines(seal: dict | None) -> list[str]:
+    """The lip-seal detector (`seal.safetensors`, emolive.engine.motion.seal), when the weights have one."""
+    if not seal:
+        return []
+    return [
+        "",
+        "## Lip-seal detector",
+        f"`seal.safetensors`: a {seal['parameters']:,}-parameter classifier of the same audio window, trained "
+        f"({seal['steps']} steps, {seal['seconds'] / 60:.1f} min, loss {seal['loss_first']:.3f} -> {seal['loss_last']:.3f}) "
+        "to tell whether the hop frame lies in a bilabial, closures drawn as a quarter of every batch. Where it is surer "
+        "than its threshold, the frame's lips are sealed (`mouthClose` 1, `jawOpen` at most 0.06). Threshold: the "
+        "lowest whose detector adds at most 1.5 % of clearly open frames shut to the student's own, on the same "
+        "calibration voices:",
+        "",
+        "| threshold | closure recall | false closures |",
+        "|---:|---:|---:|",
+        *[f"| {'student alone' if row[0] is None else f'{row[0]:.2f}'}{' (chosen)' if row[0] == seal['threshold'] else ''} "
+          f"| {row[1]:.3f} | {row[2]:.3f} |" for row in seal["table"]],
+    ]
 
 
 def _phone_loss_lines(training: dict) -> list[str]:

@@ -24,6 +24,8 @@ import torch
 
 from emolive.engine.motion.diffusion import DiffusionMotion, load_model, save_model
 from emolive.engine.motion.dit import DiTConfig, MotionDiT
+from emolive.engine.motion.seal import WEIGHTS_NAME as SEAL_WEIGHTS_NAME
+from emolive.engine.motion.seal import save_detector
 from emolive.training.corpus import (
     HELD_OUT_LANGUAGE,
     HELD_OUT_LANGUAGE_VOICES,
@@ -33,6 +35,7 @@ from emolive.training.corpus import (
     load_corpus,
 )
 from emolive.training.dataset import WindowSampler, channel_stats
+from emolive.training.seal import SealTrainConfig, calibrate_threshold, train_detector
 from emolive.training.train import DistillConfig, TrainConfig, distill_student, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +53,7 @@ class RecipeConfig:
         past_frames=12, audio_hidden=128, hop_frames=1, lookahead=1, feature_norm=True))
     teacher: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3200, batch=256, context_noise=0.2))
     student: DistillConfig = field(default_factory=lambda: DistillConfig(pairs=8192, steps=800, batch=192))
+    seal: SealTrainConfig = field(default_factory=SealTrainConfig)
     teacher_steps: int = 24
     student_steps: int = 2
     workers: int = 2
@@ -66,6 +70,7 @@ SCALES = {
                         feature_norm=True),
         teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
         student=DistillConfig(pairs=512, pair_batch=256, steps=30, batch=64, warmup=5),
+        seal=SealTrainConfig(steps=30, batch=64),
     ),
 }
 
@@ -105,18 +110,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    corpus_dir = out_dir / "corpus"
-    stamp = {"n_train": cfg.n_train, "seed": seed, "copies": cfg.copies, "eval_per_group": cfg.eval_per_group,
-             "version": CORPUS_VERSION}
-    stamp_path = corpus_dir / "stamp.json"
-    paths = {"train": corpus_dir / "train.npz", "eval": corpus_dir / "eval.npz"}
-    if reuse_corpus and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and all(
-            p.is_file() for p in paths.values()):
-        log(f"recipe: reusing the corpus in {corpus_dir} (same plan and seed)")
-        timings["corpus_reused"] = 1.0
-    else:
-        paths = build_corpus(corpus_dir, cfg.n_train, seed, cfg.copies, cfg.workers, cfg.eval_per_group, log=log)
-        stamp_path.write_text(json.dumps(stamp))
+    paths = _corpus(out_dir / "corpus", cfg, seed, reuse_corpus, timings, log)
     timings["corpus_s"] = time.perf_counter() - t0
     train = load_corpus(paths["train"])
     mean, std = channel_stats(train.targets)
@@ -129,12 +123,16 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
     timings["student_s"] = student_hist.seconds
 
     t1 = time.perf_counter()
-    calibration = calibrate_seal(teacher, student, cfg, seed, log)
+    clips = calibration_clips(seed, cfg.calibration_per_voice, cfg.workers)
+    calibration = calibrate_seal(teacher, student, cfg, clips, seed, log)
     rest = {kind: calibrate_rest(DiffusionMotion(model, steps=steps, name=kind), cfg.rest_seconds, log)
             for kind, model, steps in (("teacher", teacher, cfg.teacher_steps), ("student", student, cfg.student_steps))}
     timings["calibration_s"] = time.perf_counter() - t1
 
     weights = out_dir / "weights"
+    cfg.seal.seed = seed + 2
+    student_motion = DiffusionMotion(student, steps=cfg.student_steps, name="student", seal_bias=calibration["student"]["bias"])
+    metrics_seal = train_seal_detector(sampler, student_motion, clips, cfg.seal, weights, timings, log)
     save_model(teacher, weights / "teacher.safetensors", kind="teacher", steps=cfg.teacher_steps,
                seal_bias=calibration["teacher"]["bias"], rest_offset=rest["teacher"], extra={"seed": seed, "scale": scale})
     save_model(student, weights / "student.safetensors", kind="student", steps=cfg.student_steps,
@@ -164,6 +162,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
                      "teacher_steps_run": teacher_hist.steps, "student_steps_run": student_hist.steps},
         "machine": {"cpu_threads": 1, "platform": platform.platform(), "torch": torch.__version__},
         "seal_calibration": calibration,
+        "seal_detector": metrics_seal,
         "rest_offset": {kind: _named_offset(offset) for kind, offset in rest.items()},
     })
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -174,7 +173,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         f"eval {timings['eval_s'] / 60:.1f})")
     if install:
         SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
-        for name in ("teacher.safetensors", "student.safetensors"):
+        for name in ("teacher.safetensors", "student.safetensors", SEAL_WEIGHTS_NAME):
             (SHIPPED_WEIGHTS / name).write_bytes((weights / name).read_bytes())
             (SHIPPED_WEIGHTS / name).chmod(0o644)
         (SHIPPED_WEIGHTS / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -183,6 +182,23 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         write_model_card(metrics, SHIPPED_WEIGHTS / "MODEL_CARD.md")
         log(f"recipe: installed weights and model card in {SHIPPED_WEIGHTS}")
     return metrics
+
+
+def _corpus(corpus_dir: Path, cfg: RecipeConfig, seed: int, reuse: bool, timings: dict, log=print) -> dict[str, Path]:
+    """The corpus's train/eval paths: built into ``corpus_dir``, or with ``reuse`` the one there
+    when it was built with the same plan, seed and corpus version."""
+    stamp = {"n_train": cfg.n_train, "seed": seed, "copies": cfg.copies, "eval_per_group": cfg.eval_per_group,
+             "version": CORPUS_VERSION}
+    stamp_path = corpus_dir / "stamp.json"
+    paths = {"train": corpus_dir / "train.npz", "eval": corpus_dir / "eval.npz"}
+    if reuse and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and all(
+            p.is_file() for p in paths.values()):
+        log(f"recipe: reusing the corpus in {corpus_dir} (same plan and seed)")
+        timings["corpus_reused"] = 1.0
+        return paths
+    paths = build_corpus(corpus_dir, cfg.n_train, seed, cfg.copies, cfg.workers, cfg.eval_per_group, log=log)
+    stamp_path.write_text(json.dumps(stamp))
+    return paths
 
 
 def _mean_or_none(values: list[float]) -> float | None:
@@ -228,12 +244,60 @@ def recalibrate_rest(weights_dir: Path, log=print) -> None:
     log(f"recipe: rest offsets written into {weights_dir}")
 
 
-def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, seed: int, log=print) -> dict:
+def train_seal_detector(sampler: WindowSampler, student: DiffusionMotion, clips: list, cfg: SealTrainConfig,
+                        weights: Path, timings: dict, log=print) -> dict:
+    """Train the lip-seal detector on ``sampler``'s windows, calibrate its threshold with
+    ``student`` on the calibration ``clips`` and write it into ``weights`` -> its metrics."""
+    t1 = time.perf_counter()
+    detector, hist = train_detector(sampler, cfg, log=log)
+    table = calibrate_threshold(student, detector, clips, seed=cfg.seed)
+    timings["seal_detector_s"] = time.perf_counter() - t1
+    save_detector(detector, weights / SEAL_WEIGHTS_NAME, extra={"seed": cfg.seed, "steps": cfg.steps})
+    log(f"recipe: lip-seal detector threshold {detector.threshold} (student with it: closure recall "
+        f"{table[-1][1]:.3f}, false closures {table[-1][2]:.3f} on {len(clips)} calibration utterances)")
+    return {"threshold": detector.threshold, "table": table, "steps": cfg.steps, "seconds": hist.seconds,
+            "loss_first": float(np.mean(hist.losses[:20])), "loss_last": float(np.mean(hist.losses[-20:])),
+            "parameters": sum(p.numel() for p in detector.parameters())}
+
+
+def retrain_seal_detector(weights_dir: Path, out_dir: Path, seed: int = 0, scale: str = "full",
+                          reuse_corpus: bool = True, log=print) -> dict:
+    """Train and calibrate a lip-seal detector for the student in ``weights_dir`` (weights
+    unchanged) on the recipe's corpus in ``out_dir``, write it there and re-evaluate: update
+    metrics.json and the model card."""
+    torch.set_num_threads(1)
+    cfg = SCALES[scale]()
+    cfg.seal.seed = seed + 2
+    paths = _corpus(out_dir / "corpus", cfg, seed, reuse_corpus, {}, log)
+    model, meta = load_model(weights_dir / "student.safetensors")
+    train = load_corpus(paths["train"])
+    sampler = WindowSampler(train, model.cfg, model.mean.numpy(), model.std.numpy(), seed)
+    if model.cfg.feature_norm and not np.allclose(sampler.audio_prior, model.audio_prior.numpy(), atol=1e-4):
+        raise ValueError(f"{paths['train']} is not the corpus the weights in {weights_dir} were trained on")
+    student = DiffusionMotion(model, steps=int(meta["steps"]), name="student", seal_bias=float(meta.get("seal_bias", 0.0)))
+    timings: dict[str, float] = {}
+    seal = train_seal_detector(sampler, student, calibration_clips(seed, cfg.calibration_per_voice, cfg.workers),
+                               cfg.seal, weights_dir, timings, log)
+    metrics_path = weights_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    t1 = time.perf_counter()
+    metrics.update(evaluate_weights(paths["eval"], weights_dir, cfg.teacher_steps, cfg.student_steps, log=log,
+                                    bench_seconds=cfg.bench_seconds, seed=seed))
+    metrics["seal_detector"] = seal
+    metrics["timings"].update(timings, eval_s=time.perf_counter() - t1)
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    from emolive.training.model_card import write_model_card
+
+    write_model_card(metrics, weights_dir / "MODEL_CARD.md")
+    log(metrics["table"])
+    return metrics
+
+
+def calibrate_seal(teacher: MotionDiT, student: MotionDiT, cfg: RecipeConfig, clips: list, seed: int, log=print) -> dict:
     """Seal bias of each model (training.evaluate.calibrate_seal_bias) on training voices saying
-    unseen sentences -> {kind: {"bias", "table": [(bias, closure recall, false closures)]}}."""
+    unseen sentences (``clips``) -> {kind: {"bias", "table": [(bias, closure recall, false closures)]}}."""
     from emolive.training.evaluate import calibrate_seal_bias
 
-    clips = calibration_clips(seed, cfg.calibration_per_voice, cfg.workers)
     out = {}
     for kind, model, steps in (("teacher", teacher, cfg.teacher_steps), ("student", student, cfg.student_steps)):
         result = calibrate_seal_bias(DiffusionMotion(model, steps=steps, name=kind), clips, seed=seed)

@@ -13,6 +13,12 @@ few Euler steps of the rectified-flow DiT (``emolive.engine.motion.dit``) from s
 - the blink clock: time since the last blink onset in its own output (the one piece of history
   older than the buffer that matters: blinks come at a rhythm, not at random).
 
+Where a lip-seal detector ships beside the weights (``seal.safetensors``,
+:mod:`emolive.engine.motion.seal`), it reads the same normalised audio window once per hop and,
+where it hears a bilabial closure, seals that frame's lips (``mouthClose`` 1, the jaw at most
+where the training targets hold it on m/b/p): the denoiser alone missed half the closures of
+recorded voices.
+
 The frames a caller gets have the checkpoint's *rest offset* taken off the expression
 channels: the highest level each holds in digital silence (a faint smile, squint and brow the
 training targets' idle drift left in the model). Silence then shows the portrait's own
@@ -49,6 +55,8 @@ from emolive.engine.motion.backends import Denoiser, DenoiserInputs, TorchDenois
 from emolive.engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
 from emolive.engine.motion.featnorm import RunningBandMean
 from emolive.engine.motion.sampler import sample
+from emolive.engine.motion.seal import WEIGHTS_NAME as SEAL_WEIGHTS_NAME
+from emolive.engine.motion.seal import SealDetector, load_detector
 from emolive.engine.motion_space import CHANNELS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -57,6 +65,8 @@ BLINK_ONSET = 0.5
 BLINK_INDEX = INDEX["eyeBlinkLeft"]
 assert INDEX["eyeBlinkRight"] == BLINK_INDEX + 1
 SEAL_INDEX = INDEX["mouthClose"]
+JAW_INDEX = INDEX["jawOpen"]
+SEALED_JAW = 0.06  # jawOpen of the training targets on m/b/p frames (median 0.057)
 # The channels a rest offset applies to: all but head pose and blinks, which idle on purpose,
 # and the lip gap (jawOpen, mouthClose), whose closing is the seal calibration's.
 EXPRESSION_CHANNELS = np.array([i for i, name in enumerate(CHANNELS) if i >= HEAD_SLICE.stop
@@ -131,6 +141,12 @@ def load_cached(path: str) -> tuple[MotionDiT, dict]:
     return load_model(path)
 
 
+@functools.lru_cache(maxsize=8)
+def load_detector_cached(path: str) -> SealDetector:
+    """:func:`~emolive.engine.motion.seal.load_detector`, once per path and process (read-only)."""
+    return load_detector(path)
+
+
 class DiffusionMotion:
     """Streaming DiT motion (teacher or distilled student). Implements MotionModel.
 
@@ -139,7 +155,7 @@ class DiffusionMotion:
 
     def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0,
                  seal_bias: float = 0.0, rest_offset: np.ndarray | None = None,
-                 denoiser: Denoiser | None = None) -> None:
+                 denoiser: Denoiser | None = None, seal_detector: SealDetector | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.model = model
@@ -154,6 +170,10 @@ class DiffusionMotion:
         if np.delete(self.rest_offset, EXPRESSION_CHANNELS).any():
             raise ValueError("a rest offset applies to expression channels only, not head pose, blinks or the lip gap")
         self.denoiser = denoiser or TorchDenoiser(model)
+        if seal_detector is not None and (seal_detector.cfg.audio_past, seal_detector.cfg.lookahead, self.cfg.hop_frames) != (
+                self.cfg.audio_past, self.cfg.lookahead, 1):
+            raise ValueError("the lip-seal detector reads one-frame hops with the denoiser's audio window; this checkpoint's differ")
+        self.seal_detector = seal_detector
         self._mean = model.mean.numpy().astype(np.float32)
         self._std = model.std.numpy().astype(np.float32)
         self.start(MotionControls())
@@ -161,16 +181,20 @@ class DiffusionMotion:
     @classmethod
     def from_file(cls, path: str | Path, *, steps: int | None = None, name: str | None = None,
                   speed: float = 1.0, backend: str = "torch") -> DiffusionMotion:
-        """Load weights; ``backend`` picks the denoiser's runtime (:mod:`emolive.engine.motion.backends`)."""
+        """Load weights; ``backend`` picks the denoiser's runtime (:mod:`emolive.engine.motion.backends`).
+        A lip-seal detector (:mod:`emolive.engine.motion.seal`) beside the weights is used with them."""
         model, meta = load_cached(str(Path(path).resolve()))
+        detector_path = Path(path).resolve().parent / SEAL_WEIGHTS_NAME
+        detector = load_detector_cached(str(detector_path)) if detector_path.is_file() and model.cfg.hop_frames == 1 else None
         return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"),
                    speed=speed, seal_bias=float(meta.get("seal_bias", 0.0)), rest_offset=rest_offset_from_meta(meta),
-                   denoiser=create_denoiser(path, model, backend))
+                   denoiser=create_denoiser(path, model, backend), seal_detector=detector)
 
     def new_stream(self) -> DiffusionMotion:
         """Another stream of the same model, settings and denoiser (its own state)."""
         return DiffusionMotion(self.model, steps=self.steps, name=self.name, speed=self.speed,
-                               seal_bias=self.seal_bias, rest_offset=self.rest_offset, denoiser=self.denoiser)
+                               seal_bias=self.seal_bias, rest_offset=self.rest_offset, denoiser=self.denoiser,
+                               seal_detector=self.seal_detector)
 
     @property
     def backend(self) -> str:
@@ -231,9 +255,13 @@ class DiffusionMotion:
             audio = audio + self._band_mean.offset()
         return DenoiserInputs(noise, np.ones(1, np.float32), self._buffer[None], audio, controls, missing)
 
-    def _finish(self, x0: np.ndarray, window: np.ndarray, n: int) -> np.ndarray:
-        """The hop's ``n`` frames from its sampled ``x0`` (H, C normalised); advances the state."""
+    def _finish(self, x0: np.ndarray, window: np.ndarray, n: int, sealed: bool = False) -> np.ndarray:
+        """The hop's ``n`` frames from its sampled ``x0`` (H, C normalised); advances the state.
+        ``sealed``: the lip-seal detector heard a bilabial closure in this (one-frame) hop."""
         frames = clip_frames(x0[:n] * self._std + self._mean)
+        if sealed:  # the lips shut and the jaw where the training targets hold it on m/b/p
+            frames[:, SEAL_INDEX] = 1.0
+            frames[:, JAW_INDEX] = np.minimum(frames[:, JAW_INDEX], SEALED_JAW)
         if self._controls.head_motion == 0.0:
             frames[:, HEAD_SLICE] = 0.0
         self._guard_blinks(frames)
@@ -287,6 +315,22 @@ def sample_hops(denoiser: Denoiser, hops: list[DenoiserInputs], steps: int) -> n
     return sample(velocity, torch.from_numpy(batch.x_t), steps).numpy()
 
 
+def seal_frames(models: Sequence[DiffusionMotion], inputs: Sequence[DenoiserInputs]) -> list[bool]:
+    """For each model's hop: whether its lip-seal detector hears a closure (one detector call
+    for all models that share one; False for models without)."""
+    sealed = [False] * len(models)
+    groups: dict[int, list[int]] = {}
+    for i, model in enumerate(models):
+        if model.seal_detector is not None:
+            groups.setdefault(id(model.seal_detector), []).append(i)
+    for members in groups.values():
+        detector = models[members[0]].seal_detector
+        verdicts = detector.sealed(np.concatenate([inputs[i].audio for i in members]))
+        for i, verdict in zip(members, verdicts):
+            sealed[i] = bool(verdict)
+    return sealed
+
+
 def step_batch(models: Sequence[DiffusionMotion], features: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``[model.step(f) for model, f in zip(models, features)]`` with the sampling of models
     that share a denoiser and a step count batched: one denoiser call per sampler step for all
@@ -304,6 +348,7 @@ def step_batch(models: Sequence[DiffusionMotion], features: Sequence[np.ndarray]
         for members in groups.values():
             first = models[members[0]]
             inputs = [models[i]._prepare(*plans[i][round_]) for i in members]
-            for i, x0 in zip(members, sample_hops(first.denoiser, inputs, first.steps)):
-                outputs[i].append(models[i]._finish(x0, *plans[i][round_]))
+            sealed = seal_frames([models[i] for i in members], inputs)
+            for i, x0, seal in zip(members, sample_hops(first.denoiser, inputs, first.steps), sealed):
+                outputs[i].append(models[i]._finish(x0, *plans[i][round_], sealed=seal))
     return [np.concatenate(out) if out else np.zeros((0, NUM_CHANNELS), np.float32) for out in outputs]
