@@ -322,7 +322,11 @@ class WorkerFrameRenderer:
             await self._join()
         channel = self._channel
         await channel.send_async(request)
-        return _result(await asyncio.wait_for(channel.recv_async(), REPLY_TIMEOUT_S))
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that arrives as
+        # the reply does, and a session's closing frame loop then ran on (tests/test_server_ops.py).
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            reply = await channel.recv_async()
+        return _result(reply)
 
     async def _join(self) -> None:
         """Open this stream on a worker: the rig goes over once, pickled off the loop."""
@@ -330,7 +334,9 @@ class WorkerFrameRenderer:
         self._worker, self._channel = worker, channel
         opening = await asyncio.to_thread(Channel.encode, ("open", self._rig, self._memory.name))
         await channel.send_async(opening)
-        _result(await asyncio.wait_for(channel.recv_async(), REPLY_TIMEOUT_S))
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            reply = await channel.recv_async()
+        _result(reply)
 
     async def _reopen(self, error: BaseException) -> None:
         worker = self._worker

@@ -241,6 +241,8 @@ class Session:
         self._clock.start()
         for tick in itertools.count():
             deadline = await self._clock.tick(tick, self._frames_out.drained)
+            if self._closed:  # close() cancelled us, and an await on the way swallowed the cancel
+                return
             self._window.append(self._read_features(tick))
             if len(self._window) > self._lookahead:
                 job_s = await self._emit(tick - self._lookahead, render=self._should_render(self._clock.behind(deadline)))
