@@ -322,11 +322,7 @@ class WorkerFrameRenderer:
             await self._join()
         channel = self._channel
         await channel.send_async(request)
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that arrives as
-        # the reply does, and a session's closing frame loop then ran on (tests/test_server_ops.py).
-        async with asyncio.timeout(REPLY_TIMEOUT_S):
-            reply = await channel.recv_async()
-        return _result(reply)
+        return await _reply(channel)
 
     async def _join(self) -> None:
         """Open this stream on a worker: the rig goes over once, pickled off the loop."""
@@ -334,9 +330,7 @@ class WorkerFrameRenderer:
         self._worker, self._channel = worker, channel
         opening = await asyncio.to_thread(Channel.encode, ("open", self._rig, self._memory.name))
         await channel.send_async(opening)
-        async with asyncio.timeout(REPLY_TIMEOUT_S):
-            reply = await channel.recv_async()
-        _result(reply)
+        await _reply(channel)
 
     async def _reopen(self, error: BaseException) -> None:
         worker = self._worker
@@ -368,6 +362,15 @@ class WorkerFrameRenderer:
         """A render's reply: the picture is copied out of the shared memory the next frame reuses."""
         packet, keyframe = result  # type: ignore[misc]
         return RenderedFrame(self._image.copy(), packet, keyframe)
+
+
+async def _reply(channel: Channel) -> object:
+    """The worker's reply on ``channel`` (:func:`_result`), waited for at most REPLY_TIMEOUT_S."""
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that arrives as
+    # the reply does, and a session's closing frame loop then ran on (tests/test_server_ops.py).
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        reply = await channel.recv_async()
+    return _result(reply)
 
 
 def _result(reply: object) -> object:

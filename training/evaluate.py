@@ -159,6 +159,19 @@ def calibrate_rest_offset(model: DiffusionMotion, seeds: Sequence[int] = REST_CA
     return offset
 
 
+def closure_scores(model: MotionModel, features: Sequence[np.ndarray],
+                   clips: Sequence[tuple[np.ndarray, list[Phone], str]], seed: int = 0) -> tuple[float, float]:
+    """(closure recall over all clips, mean false-closure rate) of ``model`` on ``clips``
+    (``features``: their video-frame features)."""
+    hits = total = 0
+    false = []
+    for track, (_, phones, _) in zip(generate_tracks(model, features, seed), clips):
+        h, n = closure_recall(jaw_gap(track), phones)
+        hits, total = hits + h, total + n
+        false.append(false_closure_rate(track, phones))
+    return hits / max(1, total), float(np.mean(false))
+
+
 def calibrate_seal_bias(model: DiffusionMotion, clips: Sequence[tuple[np.ndarray, list[Phone], str]],
                         min_recall: float = 0.9, max_false: float = 0.03, seed: int = 0) -> SealCalibration:
     """The starting noise of the lip seal (``mouthClose``) that makes bilabials close.
@@ -178,13 +191,7 @@ def calibrate_seal_bias(model: DiffusionMotion, clips: Sequence[tuple[np.ndarray
         if table and (table[-1][2] > max_false or table[-1][1] >= min_recall):
             break
         model.seal_bias = bias
-        hits = total = 0
-        false = []
-        for track, (_, phones, _) in zip(generate_tracks(model, features, seed), clips):
-            h, t = closure_recall(jaw_gap(track), phones)
-            hits, total = hits + h, total + t
-            false.append(false_closure_rate(track, phones))
-        table.append((bias, hits / max(1, total), float(np.mean(false))))
+        table.append((bias, *closure_scores(model, features, clips, seed)))
     allowed = [row for row in table if row[2] <= max_false] or table[:1]
     good = [row for row in allowed if row[1] >= min_recall]
     bias = good[0][0] if good else max(allowed, key=lambda row: row[1])[0]

@@ -107,27 +107,17 @@ def calibrate_threshold(model: DiffusionMotion, detector: SealDetector,
     detector shuts at most ``max_added_false`` more of the clearly open frames of ``clips`` than
     ``model`` alone (the highest threshold if none does). Returns (threshold, closure recall,
     false-closure rate) for the model alone (threshold None) and each threshold tried."""
-    from emolive.training.evaluate import closure_recall, false_closure_rate, generate_tracks, jaw_gap
+    from emolive.training.evaluate import closure_scores
 
     features = [video_frame_features(log_mel(audio)) for audio, _, _ in clips]
-
-    def score(stream: DiffusionMotion) -> tuple[float, float]:
-        hits = total = 0
-        false = []
-        for track, (_, phones, _) in zip(generate_tracks(stream, features, seed), clips):
-            h, n = closure_recall(jaw_gap(track), phones)
-            hits, total = hits + h, total + n
-            false.append(false_closure_rate(track, phones))
-        return hits / max(1, total), float(np.mean(false))
-
     alone = model.new_stream()
     alone.seal_detector = None
-    table: list[tuple[float | None, float, float]] = [(None, *score(alone))]
+    table: list[tuple[float | None, float, float]] = [(None, *closure_scores(alone, features, clips, seed))]
     with_detector = model.new_stream()
     with_detector.seal_detector = detector
     for threshold in THRESHOLDS:
         detector.threshold = threshold
-        table.append((threshold, *score(with_detector)))
+        table.append((threshold, *closure_scores(with_detector, features, clips, seed)))
         if table[-1][2] <= table[0][2] + max_added_false:
             break
     detector.threshold = table[-1][0]
