@@ -242,11 +242,13 @@ class LiveSession:
         current = asyncio.current_task()
         for closer in self._closers:
             try:
-                await asyncio.wait_for(closer(), timeout=2.0)
+                async with asyncio.timeout(2.0):
+                    await closer()
             except Exception:
                 log.debug("session %s: closer failed", self.id, exc_info=True)
         try:
-            await asyncio.wait_for(self.engine.close(), timeout=ENGINE_CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(ENGINE_CLOSE_TIMEOUT_S):
+                await self.engine.close()
         except TimeoutError:
             log.warning("session %s: the engine took over %g s to stop; its audio, renderer and streams were "
                         "released without waiting", self.id, ENGINE_CLOSE_TIMEOUT_S)
