@@ -37,25 +37,27 @@ def add_train_parser(commands) -> None:
                        help="only recompute the rest offset (the expression the model holds in silence, taken off its "
                             "output) of the teacher and student in WEIGHTS_DIR, e.g. engine/motion/weights, and rewrite "
                             "their metadata, metrics and model card; the weights are unchanged and nothing else runs")
-    train.add_argument("--train-seal", type=Path, metavar="WEIGHTS_DIR",
-                       help="only train the lip-seal detector (the closure classifier that seals the lips on m/b/p) "
-                            "for the models in WEIGHTS_DIR, e.g. engine/motion/weights, on the corpus in OUT/corpus "
-                            "(built with --seed and --scale if it is not there), calibrate its threshold, write it "
-                            "there and re-evaluate (metrics and model card); the motion weights are unchanged")
+    train.add_argument("--lip-readers", type=Path, metavar="WEIGHTS_DIR",
+                       help="only train the lip readers that WEIGHTS_DIR (e.g. engine/motion/weights) lacks for its "
+                            "student: the lip-gap regressor (lipgap.safetensors) and the lip-seal detector "
+                            "(seal.safetensors; delete a file to train that reader anew), on the corpus in OUT/corpus "
+                            "(built with --seed and --scale if it is not there); then calibrate both (blend, seal "
+                            "threshold and gap gate), write them there and re-evaluate (metrics and model card); the "
+                            "motion weights are unchanged")
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from emolive.training.recipe import recalibrate_rest, retrain_seal_detector, run_recipe
+    from emolive.training.recipe import recalibrate_rest, retrain_lip_readers, run_recipe
 
     if args.calibrate_rest is not None:
         if not (args.calibrate_rest / "student.safetensors").is_file():
             raise BadInputError(f"{args.calibrate_rest}: no student.safetensors there")
         recalibrate_rest(args.calibrate_rest)
         return
-    if args.train_seal is not None:
-        if not (args.train_seal / "student.safetensors").is_file():
-            raise BadInputError(f"{args.train_seal}: no student.safetensors there")
-        retrain_seal_detector(args.train_seal, args.out, seed=args.seed, scale=args.scale)
+    if args.lip_readers is not None:
+        if not (args.lip_readers / "student.safetensors").is_file():
+            raise BadInputError(f"{args.lip_readers}: no student.safetensors there")
+        retrain_lip_readers(args.lip_readers, args.out, seed=args.seed, scale=args.scale)
         return
     if args.seed < 0:
         raise BadInputError(f"--seed must be >= 0, got {args.seed}")

@@ -56,6 +56,9 @@ NUM_CHANNELS = len(CHANNELS)
 INDEX: dict[str, int] = {name: i for i, name in enumerate(CHANNELS)}
 HEAD_SLICE = slice(0, len(HEAD_POSE))
 BLEND_SLICE = slice(len(HEAD_POSE), NUM_CHANNELS)
+# A lip gap (jawOpen × (1 − mouthClose)) under this is shut lips: the lip readers keep the model's
+# closures, and the lip-sync evaluation counts a bilabial closed.
+SHUT_LIP_GAP = 0.05
 
 # Hard limits every producer is clipped to before rendering: ±0.35 rad (20°) of rotation,
 # ±0.15 face widths of translation, ±0.1 log scale; blendshapes in [0, 1].

@@ -222,14 +222,21 @@ def test_smoke_recipe_loss_falls_and_outputs_are_valid(tmp_path) -> None:
         # The rest offset is stored with the weights, named in the metrics.
         assert {name: round(float(model.rest_offset[INDEX[name]]), 4) for name in metrics["rest_offset"][kind]} == \
             metrics["rest_offset"][kind]
-        # The lip-seal detector ships beside the weights, with its calibrated threshold, and is used.
-        assert model.seal_detector is not None and model.seal_detector.threshold == metrics["seal_detector"]["threshold"]
-    seal = metrics["seal_detector"]
-    alone, *tried = seal["table"]
-    assert alone[0] is None and tried[-1][0] == seal["threshold"]
-    assert all(row[1] >= alone[1] for row in tried)  # a detector only adds closures
-    assert seal["loss_last"] < seal["loss_first"]
-    assert (tmp_path / "weights" / "seal.safetensors").stat().st_size <= 20 * 1024 * 1024
+        # The lip readers ship beside the weights, with their calibrated settings, and are used.
+        lips = metrics["lip_readers"]
+        assert model.seal_detector is not None and model.lip_gap is not None
+        assert (model.seal_detector.threshold, model.seal_detector.gap_gate) == (lips["threshold"], lips["gap_gate"])
+        assert model.lip_gap.blend == lips["blend"]
+    lips = metrics["lip_readers"]
+    blends = [row for row in lips["table"] if row["threshold"] is None]
+    sealing = [row for row in lips["table"] if row["threshold"] is not None]
+    assert [row["blend"] for row in blends[:-1]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert blends[-1] == max(blends, key=lambda row: row["r"]) and blends[-1]["blend"] == lips["blend"]
+    assert (sealing[-1]["threshold"], sealing[-1]["gap_gate"]) == (lips["threshold"], lips["gap_gate"])
+    assert all(row["recall"] >= blends[-1]["recall"] for row in sealing)  # a detector only adds closures
+    for reader, file in (("seal_detector", "seal.safetensors"), ("lip_gap", "lipgap.safetensors")):
+        assert lips[reader]["loss_last"] < lips[reader]["loss_first"]
+        assert (tmp_path / "weights" / file).stat().st_size <= 20 * 1024 * 1024
 
 
 def test_training_is_reproducible(tmp_path) -> None:

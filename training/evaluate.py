@@ -27,14 +27,13 @@ import numpy as np
 
 from emolive.engine.audio import SILENCE_FEATURE, log_mel, video_frame_features
 from emolive.engine.motion import MotionModel, generate
-from emolive.engine.motion_space import FPS, INDEX, MotionControls
+from emolive.engine.motion_space import FPS, INDEX, SHUT_LIP_GAP, MotionControls
 from emolive.training.tts import Phone
 from emolive.training.visemes import closure_intervals, openness
 
 if TYPE_CHECKING:
     from emolive.engine.motion.diffusion import DiffusionMotion
 
-CLOSED_GAP = 0.05
 MAX_LAG_FRAMES = 4
 
 
@@ -54,7 +53,7 @@ def closure_recall(gap: np.ndarray, phones: Sequence[Phone], fps: float = FPS) -
         if not len(frames):
             continue
         total += 1
-        hits += bool(np.any(gap[frames] < CLOSED_GAP))
+        hits += bool(np.any(gap[frames] < SHUT_LIP_GAP))
     return hits, total
 
 
@@ -123,7 +122,7 @@ def false_closure_rate(frames: np.ndarray, phones: Sequence[Phone]) -> float:
     """Share of clearly open frames (ground truth ≥ 0.3) where the model's lips are shut."""
     truth = openness(phones, FPS, len(frames))
     open_frames = truth >= OPEN_TRUTH
-    return float(np.mean(jaw_gap(frames)[open_frames] < CLOSED_GAP)) if open_frames.any() else 0.0
+    return float(np.mean(jaw_gap(frames)[open_frames] < SHUT_LIP_GAP)) if open_frames.any() else 0.0
 
 
 SEAL_BIASES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -159,17 +158,24 @@ def calibrate_rest_offset(model: DiffusionMotion, seeds: Sequence[int] = REST_CA
     return offset
 
 
+def lip_scores(model: MotionModel, features: Sequence[np.ndarray],
+               clips: Sequence[tuple[np.ndarray, list[Phone], str]], seed: int = 0) -> tuple[float, float, float]:
+    """(mean openness r, closure recall over all clips, mean false-closure rate) of ``model``
+    on ``clips`` (``features``: their video-frame features)."""
+    hits = total = 0
+    rs, false = [], []
+    for track, (_, phones, group) in zip(generate_tracks(model, features, seed), clips):
+        score = score_track(track, phones, group)
+        rs.append(score.r)
+        hits, total = hits + score.closures_hit, total + score.closures
+        false.append(false_closure_rate(track, phones))
+    return float(np.mean(rs)), hits / max(1, total), float(np.mean(false))
+
+
 def closure_scores(model: MotionModel, features: Sequence[np.ndarray],
                    clips: Sequence[tuple[np.ndarray, list[Phone], str]], seed: int = 0) -> tuple[float, float]:
-    """(closure recall over all clips, mean false-closure rate) of ``model`` on ``clips``
-    (``features``: their video-frame features)."""
-    hits = total = 0
-    false = []
-    for track, (_, phones, _) in zip(generate_tracks(model, features, seed), clips):
-        h, n = closure_recall(jaw_gap(track), phones)
-        hits, total = hits + h, total + n
-        false.append(false_closure_rate(track, phones))
-    return hits / max(1, total), float(np.mean(false))
+    """(closure recall over all clips, mean false-closure rate): :func:`lip_scores` without r."""
+    return lip_scores(model, features, clips, seed)[1:]
 
 
 def calibrate_seal_bias(model: DiffusionMotion, clips: Sequence[tuple[np.ndarray, list[Phone], str]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from emolive.training.train import LIP_WEIGHT, SEAL_WEIGHT
@@ -78,7 +79,7 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "|---|---:|---:|---:|",
         *[f"| {kind} | {row[0]:.2f}{' (chosen)' if row[0] == cal['bias'] else ''} | {row[1]:.3f} | {row[2]:.3f} |"
           for kind, cal in metrics.get("seal_calibration", {}).items() for row in cal["table"]],
-        *_seal_detector_lines(metrics.get("seal_detector")),
+        *_lip_reader_lines(metrics.get("lip_readers")),
         "",
         "## Rest offset",
         ("In digital silence the model holds a faint expression (its targets idle with a slight smile, squint and brow "
@@ -113,25 +114,46 @@ def write_model_card(metrics: dict, path: Path) -> None:
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def _seal_detector_lines(seal: dict | None) -> list[str]:
-    """The lip-seal detector (`seal.safetensors`, emolive.engine.motion.seal), when the weights have one."""
-    if not seal:
+def _gate_clause(gate: float) -> str:
+    return "" if math.isinf(gate) else f" and the lip gap is already under {gate:g}"
+
+
+def _threshold(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+def _lip_reader_lines(lips: dict | None) -> list[str]:
+    """The lip readers (emolive.engine.motion.lipgap, emolive.engine.motion.seal), when the weights have them."""
+    if not lips:
         return []
-    return [
+    seal, gap = lips.get("seal_detector"), lips.get("lip_gap")
+    lines = ["", "## Lip readers",
+             "Two small networks of the same audio window check the student's mouth on the frames a caller gets "
+             "(the model's own history is left as it sampled it)."]
+    if gap:
+        lines.append(
+            f"- `lipgap.safetensors`: a {gap['parameters']:,}-parameter regressor trained ({gap['steps']} steps, "
+            f"{gap['seconds'] / 60:.1f} min, loss {gap['loss_first']:.4f} -> {gap['loss_last']:.4f}) on the targets' lip "
+            f"gap. Each frame's gap moves {lips['blend']:g} of the way from the student's to the regressor's.")
+    if seal:
+        lines.append(
+            f"- `seal.safetensors`: a {seal['parameters']:,}-parameter classifier trained ({seal['steps']} steps, "
+            f"{seal['seconds'] / 60:.1f} min, loss {seal['loss_first']:.3f} -> {seal['loss_last']:.3f}) to tell whether "
+            "the hop frame lies in a bilabial, closures drawn as a quarter of every batch. Where it is surer than "
+            f"{lips['threshold']:g}{_gate_clause(lips['gap_gate'])}, the lips are sealed (`mouthClose` 1, `jawOpen` at most "
+            "0.06).")
+    lines += [
         "",
-        "## Lip-seal detector",
-        f"`seal.safetensors`: a {seal['parameters']:,}-parameter classifier of the same audio window, trained "
-        f"({seal['steps']} steps, {seal['seconds'] / 60:.1f} min, loss {seal['loss_first']:.3f} -> {seal['loss_last']:.3f}) "
-        "to tell whether the hop frame lies in a bilabial, closures drawn as a quarter of every batch. Where it is surer "
-        "than its threshold, the frame's lips are sealed (`mouthClose` 1, `jawOpen` at most 0.06). Threshold: the "
-        "lowest whose detector adds at most 1.5 % of clearly open frames shut to the student's own, on the same "
-        "calibration voices:",
+        "Calibrated on the same calibration voices (emolive.training.lipreaders): the blend with the highest openness r; "
+        "then, for each gap gate, the lowest seal threshold that adds at most 1.5 % of clearly open frames shut; of "
+        "those, the one with the highest openness r (the last row is the choice).",
         "",
-        "| threshold | closure recall | false closures |",
-        "|---:|---:|---:|",
-        *[f"| {'student alone' if row[0] is None else f'{row[0]:.2f}'}{' (chosen)' if row[0] == seal['threshold'] else ''} "
-          f"| {row[1]:.3f} | {row[2]:.3f} |" for row in seal["table"]],
+        "| blend | threshold | gap gate | openness r | closure recall | false closures |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *[f"| {row['blend']:g} | {_threshold(row['threshold'])} | {row['gap_gate']:g} "
+          f"| {row['r']:.3f} | {row['recall']:.3f} | {row['false_closures']:.3f} |" for row in lips["table"]],
     ]
+    return lines
 
 
 def _phone_loss_lines(training: dict) -> list[str]:

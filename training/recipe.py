@@ -24,8 +24,10 @@ import torch
 
 from emolive.engine.motion.diffusion import DiffusionMotion, load_model, save_model
 from emolive.engine.motion.dit import DiTConfig, MotionDiT
+from emolive.engine.motion.lipgap import WEIGHTS_NAME as LIP_GAP_WEIGHTS_NAME
+from emolive.engine.motion.lipgap import load_regressor, save_regressor
 from emolive.engine.motion.seal import WEIGHTS_NAME as SEAL_WEIGHTS_NAME
-from emolive.engine.motion.seal import save_detector
+from emolive.engine.motion.seal import load_detector, save_detector
 from emolive.training.corpus import (
     HELD_OUT_LANGUAGE,
     HELD_OUT_LANGUAGE_VOICES,
@@ -35,8 +37,11 @@ from emolive.training.corpus import (
     load_corpus,
 )
 from emolive.training.dataset import WindowSampler, channel_stats
-from emolive.training.seal import SealTrainConfig, calibrate_threshold, train_detector
+from emolive.training.lipgap import LipGapTrainConfig, train_regressor
+from emolive.training.lipreaders import calibrate_lip_readers
+from emolive.training.seal import SealTrainConfig, train_detector
 from emolive.training.train import DistillConfig, TrainConfig, distill_student, train_teacher
+from emolive.training.windownet import history_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_WEIGHTS = ROOT / "engine" / "motion" / "weights"
@@ -54,6 +59,7 @@ class RecipeConfig:
     teacher: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3200, batch=256, context_noise=0.2))
     student: DistillConfig = field(default_factory=lambda: DistillConfig(pairs=8192, steps=800, batch=192))
     seal: SealTrainConfig = field(default_factory=SealTrainConfig)
+    lip_gap: LipGapTrainConfig = field(default_factory=LipGapTrainConfig)
     teacher_steps: int = 24
     student_steps: int = 2
     workers: int = 2
@@ -71,6 +77,7 @@ SCALES = {
         teacher=TrainConfig(steps=150, batch=64, lr=3e-3, warmup=20),
         student=DistillConfig(pairs=512, pair_batch=256, steps=30, batch=64, warmup=5),
         seal=SealTrainConfig(steps=30, batch=64),
+        lip_gap=LipGapTrainConfig(steps=30, batch=64),
     ),
 }
 
@@ -130,9 +137,9 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
     timings["calibration_s"] = time.perf_counter() - t1
 
     weights = out_dir / "weights"
-    cfg.seal.seed = seed + 2
+    cfg.seal.seed, cfg.lip_gap.seed = seed + 2, seed + 3
     student_motion = DiffusionMotion(student, steps=cfg.student_steps, name="student", seal_bias=calibration["student"]["bias"])
-    metrics_seal = train_seal_detector(sampler, student_motion, clips, cfg.seal, weights, timings, log)
+    metrics_lips = train_lip_readers(sampler, mean, std, student_motion, clips, cfg, weights, timings, log)
     save_model(teacher, weights / "teacher.safetensors", kind="teacher", steps=cfg.teacher_steps,
                seal_bias=calibration["teacher"]["bias"], rest_offset=rest["teacher"], extra={"seed": seed, "scale": scale})
     save_model(student, weights / "student.safetensors", kind="student", steps=cfg.student_steps,
@@ -162,7 +169,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
                      "teacher_steps_run": teacher_hist.steps, "student_steps_run": student_hist.steps},
         "machine": {"cpu_threads": 1, "platform": platform.platform(), "torch": torch.__version__},
         "seal_calibration": calibration,
-        "seal_detector": metrics_seal,
+        "lip_readers": metrics_lips,
         "rest_offset": {kind: _named_offset(offset) for kind, offset in rest.items()},
     })
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -173,7 +180,7 @@ def run_recipe(out_dir: Path, seed: int = 0, scale: str = "full", install: bool 
         f"eval {timings['eval_s'] / 60:.1f})")
     if install:
         SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
-        for name in ("teacher.safetensors", "student.safetensors", SEAL_WEIGHTS_NAME):
+        for name in ("teacher.safetensors", "student.safetensors", SEAL_WEIGHTS_NAME, LIP_GAP_WEIGHTS_NAME):
             (SHIPPED_WEIGHTS / name).write_bytes((weights / name).read_bytes())
             (SHIPPED_WEIGHTS / name).chmod(0o644)
         (SHIPPED_WEIGHTS / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -244,46 +251,68 @@ def recalibrate_rest(weights_dir: Path, log=print) -> None:
     log(f"recipe: rest offsets written into {weights_dir}")
 
 
-def train_seal_detector(sampler: WindowSampler, student: DiffusionMotion, clips: list, cfg: SealTrainConfig,
-                        weights: Path, timings: dict, log=print) -> dict:
-    """Train the lip-seal detector on ``sampler``'s windows, calibrate its threshold with
-    ``student`` on the calibration ``clips`` and write it into ``weights`` -> its metrics."""
+def train_lip_readers(sampler: WindowSampler, mean: np.ndarray, std: np.ndarray, student: DiffusionMotion,
+                      clips: list, cfg: RecipeConfig, weights: Path, timings: dict, log=print,
+                      keep_existing: bool = False) -> dict:
+    """Train the lip readers on ``sampler``'s windows (``mean``/``std``: its motion
+    normalisation; with ``keep_existing``, only those ``weights`` lacks), calibrate them with
+    ``student`` on the calibration ``clips`` (training.lipreaders) and write them into
+    ``weights`` -> their metrics."""
     t1 = time.perf_counter()
-    detector, hist = train_detector(sampler, cfg, log=log)
-    table = calibrate_threshold(student, detector, clips, seed=cfg.seed)
-    timings["seal_detector_s"] = time.perf_counter() - t1
-    save_detector(detector, weights / SEAL_WEIGHTS_NAME, extra={"seed": cfg.seed, "steps": cfg.steps})
-    log(f"recipe: lip-seal detector threshold {detector.threshold} (student with it: closure recall "
-        f"{table[-1][1]:.3f}, false closures {table[-1][2]:.3f} on {len(clips)} calibration utterances)")
-    return {"threshold": detector.threshold, "table": table, "steps": cfg.steps, "seconds": hist.seconds,
-            "loss_first": float(np.mean(hist.losses[:20])), "loss_last": float(np.mean(hist.losses[-20:])),
-            "parameters": sum(p.numel() for p in detector.parameters())}
+    metrics: dict = {}
+    detector_path, regressor_path = weights / SEAL_WEIGHTS_NAME, weights / LIP_GAP_WEIGHTS_NAME
+    if keep_existing and detector_path.is_file():
+        detector = load_detector(detector_path)
+    else:
+        detector, hist = train_detector(sampler, cfg.seal, log=log)
+        metrics["seal_detector"] = {"seed": cfg.seal.seed, **history_metrics(detector, hist, cfg.seal)}
+    if keep_existing and regressor_path.is_file():
+        regressor = load_regressor(regressor_path)
+    else:
+        regressor, hist = train_regressor(sampler, mean, std, cfg.lip_gap, log=log)
+        metrics["lip_gap"] = {"seed": cfg.lip_gap.seed, **history_metrics(regressor, hist, cfg.lip_gap)}
+    table = calibrate_lip_readers(student, detector, regressor, clips, seed=cfg.seal.seed)
+    timings["lip_readers_s"] = time.perf_counter() - t1
+    save_detector(detector, detector_path, extra={"seed": cfg.seal.seed, "steps": cfg.seal.steps})
+    save_regressor(regressor, regressor_path, extra={"seed": cfg.lip_gap.seed, "steps": cfg.lip_gap.steps})
+    chosen = table[-1]
+    log(f"recipe: lip readers: blend {regressor.blend}, seal threshold {detector.threshold}, gap gate "
+        f"{detector.gap_gate} (student with them: r {chosen.r:.3f}, closure recall {chosen.recall:.3f}, "
+        f"false closures {chosen.false_closures:.3f} on {len(clips)} calibration utterances)")
+    metrics.update(blend=regressor.blend, threshold=detector.threshold, gap_gate=detector.gap_gate,
+                   table=[asdict(row) for row in table])
+    return metrics
 
 
-def retrain_seal_detector(weights_dir: Path, out_dir: Path, seed: int = 0, scale: str = "full",
-                          reuse_corpus: bool = True, log=print) -> dict:
-    """Train and calibrate a lip-seal detector for the student in ``weights_dir`` (weights
-    unchanged) on the recipe's corpus in ``out_dir``, write it there and re-evaluate: update
-    metrics.json and the model card."""
+def retrain_lip_readers(weights_dir: Path, out_dir: Path, seed: int = 0, scale: str = "full",
+                        reuse_corpus: bool = True, log=print) -> dict:
+    """Train the lip readers ``weights_dir`` lacks for its student (weights unchanged) on the
+    recipe's corpus in ``out_dir``, calibrate them all, write them there and re-evaluate:
+    update metrics.json and the model card."""
     torch.set_num_threads(1)
     cfg = SCALES[scale]()
-    cfg.seal.seed = seed + 2
+    cfg.seal.seed, cfg.lip_gap.seed = seed + 2, seed + 3
     paths = _corpus(out_dir / "corpus", cfg, seed, reuse_corpus, {}, log)
     model, meta = load_model(weights_dir / "student.safetensors")
     train = load_corpus(paths["train"])
-    sampler = WindowSampler(train, model.cfg, model.mean.numpy(), model.std.numpy(), seed)
+    mean, std = model.mean.numpy(), model.std.numpy()
+    sampler = WindowSampler(train, model.cfg, mean, std, seed)
     if model.cfg.feature_norm and not np.allclose(sampler.audio_prior, model.audio_prior.numpy(), atol=1e-4):
         raise ValueError(f"{paths['train']} is not the corpus the weights in {weights_dir} were trained on")
     student = DiffusionMotion(model, steps=int(meta["steps"]), name="student", seal_bias=float(meta.get("seal_bias", 0.0)))
     timings: dict[str, float] = {}
-    seal = train_seal_detector(sampler, student, calibration_clips(seed, cfg.calibration_per_voice, cfg.workers),
-                               cfg.seal, weights_dir, timings, log)
     metrics_path = weights_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
+    lips = train_lip_readers(sampler, mean, std, student, calibration_clips(seed, cfg.calibration_per_voice, cfg.workers),
+                             cfg, weights_dir, timings, log, keep_existing=True)
+    trained_before = metrics.get("lip_readers") or {"seal_detector": metrics.pop("seal_detector", None)}
+    for reader in ("seal_detector", "lip_gap"):  # the training record of a reader kept as it was
+        if reader not in lips and trained_before.get(reader) is not None:
+            lips[reader] = trained_before[reader]
     t1 = time.perf_counter()
     metrics.update(evaluate_weights(paths["eval"], weights_dir, cfg.teacher_steps, cfg.student_steps, log=log,
                                     bench_seconds=cfg.bench_seconds, seed=seed))
-    metrics["seal_detector"] = seal
+    metrics["lip_readers"] = lips
     metrics["timings"].update(timings, eval_s=time.perf_counter() - t1)
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     from emolive.training.model_card import write_model_card

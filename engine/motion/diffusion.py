@@ -13,11 +13,14 @@ few Euler steps of the rectified-flow DiT (``emolive.engine.motion.dit``) from s
 - the blink clock: time since the last blink onset in its own output (the one piece of history
   older than the buffer that matters: blinks come at a rhythm, not at random).
 
-Where a lip-seal detector ships beside the weights (``seal.safetensors``,
-:mod:`emolive.engine.motion.seal`), it reads the same normalised audio window once per hop and,
-where it hears a bilabial closure, seals that frame's lips (``mouthClose`` 1, the jaw at most
-where the training targets hold it on m/b/p): the denoiser alone missed half the closures of
-recorded voices.
+Two lip readers may ship beside the weights; each reads the same normalised audio window once
+per hop. A lip-gap regressor (``lipgap.safetensors``, :mod:`emolive.engine.motion.lipgap`)
+moves the frame's jaw part of the way to the lip gap it hears: the mean of two readings with
+different errors follows the phones better than either. A lip-seal detector
+(``seal.safetensors``, :mod:`emolive.engine.motion.seal`), where it hears a bilabial closure
+and the lips are already near shut, seals them (``mouthClose`` 1, the jaw at most where the
+training targets hold it on m/b/p): the denoiser alone missed half the closures of recorded
+voices.
 
 The frames a caller gets have the checkpoint's *rest offset* taken off the expression
 channels: the highest level each holds in digital silence (a faint smile, squint and brow the
@@ -44,6 +47,7 @@ import functools
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +58,21 @@ from emolive.engine.motion import hop_length
 from emolive.engine.motion.backends import Denoiser, DenoiserInputs, TorchDenoiser, create_denoiser
 from emolive.engine.motion.dit import AUDIO_CHANNELS, DiTConfig, MotionDiT
 from emolive.engine.motion.featnorm import RunningBandMean
+from emolive.engine.motion.featnorm import offsets as band_offsets
+from emolive.engine.motion.lipgap import WEIGHTS_NAME as LIP_GAP_WEIGHTS_NAME
+from emolive.engine.motion.lipgap import LipGapRegressor, load_regressor
 from emolive.engine.motion.sampler import sample
 from emolive.engine.motion.seal import WEIGHTS_NAME as SEAL_WEIGHTS_NAME
 from emolive.engine.motion.seal import SealDetector, load_detector
-from emolive.engine.motion_space import CHANNELS, HEAD_SLICE, INDEX, NUM_CHANNELS, MotionControls, clip_frames
+from emolive.engine.motion_space import (
+    CHANNELS,
+    HEAD_SLICE,
+    INDEX,
+    NUM_CHANNELS,
+    SHUT_LIP_GAP,
+    MotionControls,
+    clip_frames,
+)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BLINK_CLOCK_S = 6.0  # the blink clock saturates here: "a long time ago"
@@ -147,6 +162,20 @@ def load_detector_cached(path: str) -> SealDetector:
     return load_detector(path)
 
 
+@functools.lru_cache(maxsize=8)
+def load_regressor_cached(path: str) -> LipGapRegressor:
+    """:func:`~emolive.engine.motion.lipgap.load_regressor`, once per path and process (read-only)."""
+    return load_regressor(path)
+
+
+@dataclass(frozen=True)
+class LipReading:
+    """What the lip readers heard in one hop frame (None: that reader is not there)."""
+
+    sealed: bool = False
+    gap: float | None = None
+
+
 class DiffusionMotion:
     """Streaming DiT motion (teacher or distilled student). Implements MotionModel.
 
@@ -155,7 +184,8 @@ class DiffusionMotion:
 
     def __init__(self, model: MotionDiT, *, steps: int, name: str = "diffusion", speed: float = 1.0,
                  seal_bias: float = 0.0, rest_offset: np.ndarray | None = None,
-                 denoiser: Denoiser | None = None, seal_detector: SealDetector | None = None) -> None:
+                 denoiser: Denoiser | None = None, seal_detector: SealDetector | None = None,
+                 lip_gap: LipGapRegressor | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.model = model
@@ -170,10 +200,12 @@ class DiffusionMotion:
         if np.delete(self.rest_offset, EXPRESSION_CHANNELS).any():
             raise ValueError("a rest offset applies to expression channels only, not head pose, blinks or the lip gap")
         self.denoiser = denoiser or TorchDenoiser(model)
-        if seal_detector is not None and (seal_detector.cfg.audio_past, seal_detector.cfg.lookahead, self.cfg.hop_frames) != (
-                self.cfg.audio_past, self.cfg.lookahead, 1):
-            raise ValueError("the lip-seal detector reads one-frame hops with the denoiser's audio window; this checkpoint's differ")
+        for reader in (seal_detector, lip_gap):
+            if reader is not None and (reader.cfg.audio_past, reader.cfg.lookahead, self.cfg.hop_frames) != (
+                    self.cfg.audio_past, self.cfg.lookahead, 1):
+                raise ValueError("the lip readers read one-frame hops with the denoiser's audio window; this checkpoint's differ")
         self.seal_detector = seal_detector
+        self.lip_gap = lip_gap
         self._mean = model.mean.numpy().astype(np.float32)
         self._std = model.std.numpy().astype(np.float32)
         self.start(MotionControls())
@@ -182,19 +214,23 @@ class DiffusionMotion:
     def from_file(cls, path: str | Path, *, steps: int | None = None, name: str | None = None,
                   speed: float = 1.0, backend: str = "torch") -> DiffusionMotion:
         """Load weights; ``backend`` picks the denoiser's runtime (:mod:`emolive.engine.motion.backends`).
-        A lip-seal detector (:mod:`emolive.engine.motion.seal`) beside the weights is used with them."""
+        Lip readers beside the weights (:mod:`emolive.engine.motion.seal`,
+        :mod:`emolive.engine.motion.lipgap`) are used with them."""
         model, meta = load_cached(str(Path(path).resolve()))
-        detector_path = Path(path).resolve().parent / SEAL_WEIGHTS_NAME
-        detector = load_detector_cached(str(detector_path)) if detector_path.is_file() and model.cfg.hop_frames == 1 else None
+        folder = Path(path).resolve().parent
+        one_frame_hops = model.cfg.hop_frames == 1
+        detector_path, regressor_path = folder / SEAL_WEIGHTS_NAME, folder / LIP_GAP_WEIGHTS_NAME
+        detector = load_detector_cached(str(detector_path)) if detector_path.is_file() and one_frame_hops else None
+        regressor = load_regressor_cached(str(regressor_path)) if regressor_path.is_file() and one_frame_hops else None
         return cls(model, steps=steps or int(meta.get("steps", 2)), name=name or meta.get("kind", "diffusion"),
                    speed=speed, seal_bias=float(meta.get("seal_bias", 0.0)), rest_offset=rest_offset_from_meta(meta),
-                   denoiser=create_denoiser(path, model, backend), seal_detector=detector)
+                   denoiser=create_denoiser(path, model, backend), seal_detector=detector, lip_gap=regressor)
 
     def new_stream(self) -> DiffusionMotion:
         """Another stream of the same model, settings and denoiser (its own state)."""
         return DiffusionMotion(self.model, steps=self.steps, name=self.name, speed=self.speed,
                                seal_bias=self.seal_bias, rest_offset=self.rest_offset, denoiser=self.denoiser,
-                               seal_detector=self.seal_detector)
+                               seal_detector=self.seal_detector, lip_gap=self.lip_gap)
 
     @property
     def backend(self) -> str:
@@ -255,13 +291,10 @@ class DiffusionMotion:
             audio = audio + self._band_mean.offset()
         return DenoiserInputs(noise, np.ones(1, np.float32), self._buffer[None], audio, controls, missing)
 
-    def _finish(self, x0: np.ndarray, window: np.ndarray, n: int, sealed: bool = False) -> np.ndarray:
+    def _finish(self, x0: np.ndarray, window: np.ndarray, n: int, lips: LipReading = LipReading()) -> np.ndarray:
         """The hop's ``n`` frames from its sampled ``x0`` (H, C normalised); advances the state.
-        ``sealed``: the lip-seal detector heard a bilabial closure in this (one-frame) hop."""
+        ``lips``: what the lip readers heard in this (one-frame) hop."""
         frames = clip_frames(x0[:n] * self._std + self._mean)
-        if sealed:  # the lips shut and the jaw where the training targets hold it on m/b/p
-            frames[:, SEAL_INDEX] = 1.0
-            frames[:, JAW_INDEX] = np.minimum(frames[:, JAW_INDEX], SEALED_JAW)
         if self._controls.head_motion == 0.0:
             frames[:, HEAD_SLICE] = 0.0
         self._guard_blinks(frames)
@@ -270,8 +303,31 @@ class DiffusionMotion:
         self._audio = np.concatenate([self._audio, window[:n]])[-self.cfg.audio_past :]
         if self._band_mean is not None:
             self._band_mean.update(window[:n])
+        self._apply_lips(frames, lips)
         frames[:, EXPRESSION_CHANNELS] = np.maximum(frames[:, EXPRESSION_CHANNELS] - self.rest_offset[EXPRESSION_CHANNELS], 0.0)
         return frames
+
+    def _apply_lips(self, frames: np.ndarray, lips: LipReading) -> None:
+        """What the lip readers heard, on the frames the caller gets (the buffer keeps the model's own)."""
+        n = len(frames)
+        apply_lips(frames, np.full(n, lips.sealed), None if lips.gap is None else np.full(n, lips.gap, np.float32),
+                   self.lip_gap.blend if self.lip_gap is not None else 0.0,
+                   self.seal_detector.gap_gate if self.seal_detector is not None else math.inf)
+
+    def audio_windows(self, features: np.ndarray) -> np.ndarray:
+        """``(T, A, 4, 80)``: the audio window a stream of this one-frame-hop model hands its
+        denoiser (and lip readers) for each frame of ``features``, normalised as the stream does."""
+        cfg = self.cfg
+        if cfg.hop_frames != 1:
+            raise ValueError("audio_windows: one-frame hops only")
+        features = np.asarray(features, np.float32)
+        pad = np.concatenate([np.full((cfg.audio_past, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32), features,
+                              np.full((cfg.lookahead, MELS_PER_FRAME, N_MELS), SILENCE_FEATURE, np.float32)])
+        windows = pad[np.arange(len(features))[:, None] + np.arange(cfg.audio_frames)]
+        if self._prior is not None:
+            windows = windows + band_offsets(pad, self._prior)[cfg.audio_past : cfg.audio_past + len(features), None, None, :]
+        return windows
+
 
     def _guard_blinks(self, frames: np.ndarray) -> None:
         """Update the blink clock; fill a blink in where the model has gone too long without one.
@@ -301,6 +357,26 @@ class DiffusionMotion:
             self._last_blink = value
 
 
+def apply_lips(frames: np.ndarray, sealed: np.ndarray, gaps: np.ndarray | None, blend: float, gap_gate: float) -> None:
+    """The lip readers' verdicts on ``frames`` (in place): where the lips are apart, the gap
+    moves ``blend`` of the way to the regressor's ``gaps`` (None: no regressor); then the
+    ``sealed`` frames whose gap is under ``gap_gate`` close."""
+    jaw, close = frames[:, JAW_INDEX], np.clip(frames[:, SEAL_INDEX], 0.0, 1.0)
+    gap = jaw * (1.0 - close)
+    if gaps is not None:
+        # Lips the model shut stay shut: that is its own call of a bilabial, and the regressor,
+        # trained for the mean gap, blurs closures. The jaw opens only as far as the new gap
+        # needs; a gap narrower than the jaw's is the lips closing over it.
+        gap = np.where(gap < SHUT_LIP_GAP, gap, gap + blend * (gaps - gap))
+        jaw = np.maximum(jaw, gap)
+        frames[:, JAW_INDEX] = jaw
+        frames[:, SEAL_INDEX] = np.where(jaw > 0.0, 1.0 - gap / np.maximum(jaw, 1e-6), close)
+    seal = sealed & (gap < gap_gate)
+    # the lips shut and the jaw where the training targets hold it on m/b/p
+    frames[seal, SEAL_INDEX] = 1.0
+    frames[seal, JAW_INDEX] = np.minimum(frames[seal, JAW_INDEX], SEALED_JAW)
+
+
 def default_weights(kind: str) -> Path:
     return WEIGHTS_DIR / f"{kind}.safetensors"
 
@@ -315,20 +391,28 @@ def sample_hops(denoiser: Denoiser, hops: list[DenoiserInputs], steps: int) -> n
     return sample(velocity, torch.from_numpy(batch.x_t), steps).numpy()
 
 
-def seal_frames(models: Sequence[DiffusionMotion], inputs: Sequence[DenoiserInputs]) -> list[bool]:
-    """For each model's hop: whether its lip-seal detector hears a closure (one detector call
-    for all models that share one; False for models without)."""
-    sealed = [False] * len(models)
-    groups: dict[int, list[int]] = {}
-    for i, model in enumerate(models):
-        if model.seal_detector is not None:
-            groups.setdefault(id(model.seal_detector), []).append(i)
-    for members in groups.values():
-        detector = models[members[0]].seal_detector
-        verdicts = detector.sealed(np.concatenate([inputs[i].audio for i in members]))
-        for i, verdict in zip(members, verdicts):
+def read_lips(models: Sequence[DiffusionMotion], inputs: Sequence[DenoiserInputs]) -> list[LipReading]:
+    """For each model's hop: what its lip readers hear (one call of each reader for all the
+    models that share it)."""
+    sealed: list[bool] = [False] * len(models)
+    gaps: list[float | None] = [None] * len(models)
+    for detector, members in _sharing(models, "seal_detector"):
+        for i, verdict in zip(members, detector.sealed(np.concatenate([inputs[i].audio for i in members]))):
             sealed[i] = bool(verdict)
-    return sealed
+    for regressor, members in _sharing(models, "lip_gap"):
+        for i, gap in zip(members, regressor.gap(np.concatenate([inputs[i].audio for i in members]))):
+            gaps[i] = float(gap)
+    return [LipReading(s, g) for s, g in zip(sealed, gaps)]
+
+
+def _sharing(models: Sequence[DiffusionMotion], reader: str) -> list[tuple[object, list[int]]]:
+    """(reader, indices of the models that have it) for each distinct ``reader`` attribute."""
+    groups: dict[int, tuple[object, list[int]]] = {}
+    for i, model in enumerate(models):
+        found = getattr(model, reader)
+        if found is not None:
+            groups.setdefault(id(found), (found, []))[1].append(i)
+    return list(groups.values())
 
 
 def step_batch(models: Sequence[DiffusionMotion], features: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -348,7 +432,7 @@ def step_batch(models: Sequence[DiffusionMotion], features: Sequence[np.ndarray]
         for members in groups.values():
             first = models[members[0]]
             inputs = [models[i]._prepare(*plans[i][round_]) for i in members]
-            sealed = seal_frames([models[i] for i in members], inputs)
-            for i, x0, seal in zip(members, sample_hops(first.denoiser, inputs, first.steps), sealed):
-                outputs[i].append(models[i]._finish(x0, *plans[i][round_], sealed=seal))
+            lips = read_lips([models[i] for i in members], inputs)
+            for i, x0, heard in zip(members, sample_hops(first.denoiser, inputs, first.steps), lips):
+                outputs[i].append(models[i]._finish(x0, *plans[i][round_], lips=heard))
     return [np.concatenate(out) if out else np.zeros((0, NUM_CHANNELS), np.float32) for out in outputs]
