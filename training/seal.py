@@ -1,4 +1,4 @@
-"""Training and calibration of the lip-seal detector (:mod:`emolive.engine.motion.seal`).
+"""Training of the lip-seal detector (:mod:`emolive.engine.motion.seal`).
 
 The detector sees exactly the motion model's audio window (``WindowSampler``: the 8 frames
 before the hop frame, the hop frame and its 1-frame lookahead, normalised per band as a stream
