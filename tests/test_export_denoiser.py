@@ -21,7 +21,7 @@ from conftest import run_emolive
 from emolive.engine.audio import SILENCE_FEATURE, log_mel, video_frame_features
 from emolive.engine.motion import generate
 from emolive.engine.motion.backends import BackendUnavailable, DenoiserInputs, OnnxDenoiser, TorchDenoiser, unavailable_reason
-from emolive.engine.motion.batching import MotionBatcher
+from emolive.engine.motion.batching import BatchingConfig, MotionBatcher
 from emolive.engine.motion.diffusion import DiffusionMotion, default_weights, load_cached, step_batch
 from emolive.engine.motion.registry import create_motion_model
 from emolive.engine.motion_space import NUM_CHANNELS, MotionControls
@@ -251,7 +251,9 @@ def test_motion_batcher_gathers_concurrent_steps(features):
         return np.concatenate([step(model, padded[k : k + 1 + la]) for k in range(steps)])
 
     alone = [run(create_motion_model("student"), c, clip, lambda m, f: m.step(f)) for c, clip in zip(controls, clips)]
-    batcher = MotionBatcher()
+    # A batch runs once every member has handed in its step; the window only bounds the wait for
+    # a late one. A long window keeps a loaded machine's late thread from splitting a batch.
+    batcher = MotionBatcher(BatchingConfig(window_s=1.0))
     results: list[np.ndarray | None] = [None] * len(controls)
 
     def worker(i: int) -> None:

@@ -262,19 +262,21 @@ def train_lip_readers(sampler: WindowSampler, mean: np.ndarray, std: np.ndarray,
     metrics: dict = {}
     detector_path, regressor_path = weights / SEAL_WEIGHTS_NAME, weights / LIP_GAP_WEIGHTS_NAME
     if keep_existing and detector_path.is_file():
-        detector = load_detector(detector_path)
+        detector, detector_record = load_detector(detector_path), _training_record(detector_path)
     else:
         detector, hist = train_detector(sampler, cfg.seal, log=log)
         metrics["seal_detector"] = {"seed": cfg.seal.seed, **history_metrics(detector, hist, cfg.seal)}
+        detector_record = {"seed": cfg.seal.seed, "steps": cfg.seal.steps}
     if keep_existing and regressor_path.is_file():
-        regressor = load_regressor(regressor_path)
+        regressor, regressor_record = load_regressor(regressor_path), _training_record(regressor_path)
     else:
         regressor, hist = train_regressor(sampler, mean, std, cfg.lip_gap, log=log)
         metrics["lip_gap"] = {"seed": cfg.lip_gap.seed, **history_metrics(regressor, hist, cfg.lip_gap)}
+        regressor_record = {"seed": cfg.lip_gap.seed, "steps": cfg.lip_gap.steps}
     table = calibrate_lip_readers(student, detector, regressor, clips, seed=cfg.seal.seed)
     timings["lip_readers_s"] = time.perf_counter() - t1
-    save_detector(detector, detector_path, extra={"seed": cfg.seal.seed, "steps": cfg.seal.steps})
-    save_regressor(regressor, regressor_path, extra={"seed": cfg.lip_gap.seed, "steps": cfg.lip_gap.steps})
+    save_detector(detector, detector_path, extra=detector_record)
+    save_regressor(regressor, regressor_path, extra=regressor_record)
     chosen = table[-1]
     log(f"recipe: lip readers: blend {regressor.blend}, seal threshold {detector.threshold}, gap gate "
         f"{detector.gap_gate} (student with them: r {chosen.r:.3f}, closure recall {chosen.recall:.3f}, "
@@ -282,6 +284,14 @@ def train_lip_readers(sampler: WindowSampler, mean: np.ndarray, std: np.ndarray,
     metrics.update(blend=regressor.blend, threshold=detector.threshold, gap_gate=detector.gap_gate,
                    table=[asdict(row) for row in table])
     return metrics
+
+
+def _training_record(path: Path) -> dict:
+    """The seed and steps a reader file was trained with: a kept reader is re-saved with its own."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return json.loads((handle.metadata() or {}).get("extra", "{}"))
 
 
 def retrain_lip_readers(weights_dir: Path, out_dir: Path, seed: int = 0, scale: str = "full",
