@@ -3,15 +3,6 @@
 libespeak-ng's phoneme events carry the output sample at which each phoneme starts; their
 IPA names are mapped onto ARPAbet classes (:func:`emolive.training.tts.ipa_to_arpabet`). Used by
 :func:`emolive.training.tts.synthesize` for ``espeak-ng:<language>`` voices.
-
-Three of espeak-ng's names are not what the mapping would read them as:
-
-- a palatalised consonant's release is an event of its own, a lone ``ʲ`` (Russian, Polish,
-  Lithuanian, Romanian, Dutch): the tongue glides through [j] while the lips open for the vowel,
-  so it is the glide ``y``, not a pause, and never lengthens a bilabial's closure;
-- Russian ы is named ``y``, its mnemonic, not the rounded IPA [y]: it is [ɨ], unrounded;
-- an iotated vowel (Russian я, ю: ``ja``, ``ju``) is one event: its first
-  :data:`GLIDE_ONSET_S` is the glide, the rest the vowel.
 """
 
 from __future__ import annotations
@@ -23,13 +14,7 @@ import threading
 
 import numpy as np
 
-from emolive.training.targets import VOWELS
 from emolive.training.tts import TTSError, ipa_to_arpabet, run_tool
-
-# Per language: espeak-ng mnemonic -> the IPA it stands for.
-_MNEMONICS = {"ru": {"y": "ɨ"}}
-PALATAL_RELEASE = "ʲ"
-GLIDE_ONSET_S = 0.04
 
 
 class _EventId(ctypes.Union):
@@ -121,35 +106,14 @@ def speak(text: str, name: str) -> tuple[np.ndarray, int, list[tuple[str, float,
     sr = engine.rate
     # "(en)"-style names are language-switch markers, not sounds.
     starts = [(sym, s) for sym, s in starts if not sym.startswith("(")]
-    mnemonics = _MNEMONICS.get(lang.lower(), {})
     raw: list[tuple[str, float, float]] = []
     for (sym, s), (_, nxt) in zip(starts, starts[1:] + [("", len(pcm))]):
-        start, end = s / sr, nxt / sr
-        sym = mnemonics.get(sym, sym)
-        if sym == PALATAL_RELEASE:
-            raw.append(("y", start, end))
-            continue
-        vowel = _iotated_vowel(sym)
-        if vowel is not None and end - start > 2 * GLIDE_ONSET_S:
-            raw += [("y", start, start + GLIDE_ONSET_S), (vowel, start + GLIDE_ONSET_S, end)]
-            continue
         symbol = ipa_to_arpabet(sym)
         if symbol is None and raw:
-            raw[-1] = (raw[-1][0], raw[-1][1], end)
+            raw[-1] = (raw[-1][0], raw[-1][1], nxt / sr)
         else:
-            raw.append((symbol or "pau", start, end))
+            raw.append((symbol or "pau", s / sr, nxt / sr))
     return (pcm.astype(np.float32) / 32768.0), sr, raw
-
-
-def _iotated_vowel(name: str) -> str | None:
-    """The vowel of a glide + vowel event ("ja" -> "aa"), else None."""
-    if len(name) < 2 or name[0] != "j":
-        return None
-    try:
-        vowel = ipa_to_arpabet(name[1:])
-    except TTSError:
-        return None
-    return vowel if vowel in VOWELS else None
 
 
 @functools.lru_cache(maxsize=1)

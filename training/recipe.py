@@ -85,7 +85,7 @@ SCALES = {
 # Fine-tuning a trained teacher (--warm-start): fewer steps at a lower rate than from scratch.
 WARM_START = lambda: TrainConfig(steps=1200, batch=256, lr=5e-4, warmup=50, context_noise=0.2)  # noqa: E731
 
-CORPUS_VERSION = 5  # 2: tighter jaw and lip-seal reach in training.targets; 3: singing, no msu_ru_nsh, G.722; 4: reverb at a drawn direct-to-reverberant ratio; 5: espeak-ng palatal releases, Russian ы and я/ю read as the mouth makes them (training.espeak)
+CORPUS_VERSION = 4  # 2: tighter jaw and lip-seal reach in training.targets; 3: singing, no msu_ru_nsh, G.722; 4: reverb at a drawn direct-to-reverberant ratio
 
 
 def _log(message: str) -> None:
