@@ -28,6 +28,7 @@ from emolive.engine.motion.lipgap import WEIGHTS_NAME as LIP_GAP_WEIGHTS_NAME
 from emolive.engine.motion.lipgap import load_regressor, save_regressor
 from emolive.engine.motion.seal import WEIGHTS_NAME as SEAL_WEIGHTS_NAME
 from emolive.engine.motion.seal import load_detector, save_detector
+from emolive.engine.motion.windownet import read_extra
 from emolive.training.corpus import (
     HELD_OUT_LANGUAGE,
     HELD_OUT_LANGUAGE_VOICES,
@@ -262,13 +263,13 @@ def train_lip_readers(sampler: WindowSampler, mean: np.ndarray, std: np.ndarray,
     metrics: dict = {}
     detector_path, regressor_path = weights / SEAL_WEIGHTS_NAME, weights / LIP_GAP_WEIGHTS_NAME
     if keep_existing and detector_path.is_file():
-        detector, detector_record = load_detector(detector_path), _training_record(detector_path)
+        detector, detector_record = load_detector(detector_path), read_extra(detector_path)
     else:
         detector, hist = train_detector(sampler, cfg.seal, log=log)
         metrics["seal_detector"] = {"seed": cfg.seal.seed, **history_metrics(detector, hist, cfg.seal)}
         detector_record = {"seed": cfg.seal.seed, "steps": cfg.seal.steps}
     if keep_existing and regressor_path.is_file():
-        regressor, regressor_record = load_regressor(regressor_path), _training_record(regressor_path)
+        regressor, regressor_record = load_regressor(regressor_path), read_extra(regressor_path)
     else:
         regressor, hist = train_regressor(sampler, mean, std, cfg.lip_gap, log=log)
         metrics["lip_gap"] = {"seed": cfg.lip_gap.seed, **history_metrics(regressor, hist, cfg.lip_gap)}
@@ -284,14 +285,6 @@ def train_lip_readers(sampler: WindowSampler, mean: np.ndarray, std: np.ndarray,
     metrics.update(blend=regressor.blend, threshold=detector.threshold, gap_gate=detector.gap_gate,
                    table=[asdict(row) for row in table])
     return metrics
-
-
-def _training_record(path: Path) -> dict:
-    """The seed and steps a reader file was trained with: a kept reader is re-saved with its own."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as handle:
-        return json.loads((handle.metadata() or {}).get("extra", "{}"))
 
 
 def retrain_lip_readers(weights_dir: Path, out_dir: Path, seed: int = 0, scale: str = "full",

@@ -328,7 +328,6 @@ class DiffusionMotion:
             windows = windows + band_offsets(pad, self._prior)[cfg.audio_past : cfg.audio_past + len(features), None, None, :]
         return windows
 
-
     def _guard_blinks(self, frames: np.ndarray) -> None:
         """Update the blink clock; fill a blink in where the model has gone too long without one.
 

@@ -100,13 +100,23 @@ def save_window_net(net: AudioWindowNet, path: str | Path, file_format: str, met
     save_file(tensors, str(path), metadata=meta)
 
 
-def read_window_net(path: str | Path, file_format: str, what: str) -> tuple[AudioWindowConfig, dict, dict[str, str]]:
-    """(config, state dict, metadata) of a file written by :func:`save_window_net` in ``file_format``."""
+def _metadata(path: str | Path) -> dict[str, str]:
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), "pt") as handle:
-        meta = dict(handle.metadata() or {})
+        return dict(handle.metadata() or {})
+
+
+def read_extra(path: str | Path) -> dict:
+    """The ``extra`` record (e.g. training seed and steps) a file was saved with, ``{}`` if none."""
+    return json.loads(_metadata(path).get("extra", "{}"))
+
+
+def read_window_net(path: str | Path, file_format: str, what: str) -> tuple[AudioWindowConfig, dict, dict[str, str]]:
+    """(config, state dict, metadata) of a file written by :func:`save_window_net` in ``file_format``."""
+    from safetensors.torch import load_file
+
+    meta = _metadata(path)
     if meta.get("format") != file_format:
         raise ValueError(f"{path}: not a {what} ({meta.get('format')!r})")
     return AudioWindowConfig(**json.loads(meta["config"])), load_file(str(path)), meta
