@@ -60,6 +60,54 @@ BLEND_SLICE = slice(len(HEAD_POSE), NUM_CHANNELS)
 # closures, and the lip-sync evaluation counts a bilabial closed.
 SHUT_LIP_GAP = 0.05
 
+# The renderer's geometry (engine.rig): how far each lip shape at 1 parts the lips, in units of
+# the jaw's drop at jawOpen 1; rolled lips cover part of the jaw's gap.
+LIP_PARTING = {"mouthUpperUp": 0.055 / 0.42, "mouthLowerDown": 0.065 / 0.42, "mouthFunnel": 0.11 / 0.42}
+LIP_ROLL_COVER = 0.3
+# The lips part fully from this jaw gap on; below it, in proportion (a quarter with the jaw shut).
+LIP_PARTING_FULL_GAP = 0.1875
+
+
+def _lip_terms(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(jaw gap, what the lip shapes part, share of the jaw's gap rolled lips cover) of motion rows."""
+    f = np.asarray(frames, np.float64)
+    jaw = f[..., INDEX["jawOpen"]] * (1.0 - np.clip(f[..., INDEX["mouthClose"]], 0.0, 1.0))
+    lips = sum(k * (f[..., INDEX[name]] if name == "mouthFunnel" else
+                    0.5 * (f[..., INDEX[name + "Left"]] + f[..., INDEX[name + "Right"]])) for name, k in LIP_PARTING.items())
+    roll = LIP_ROLL_COVER * (f[..., INDEX["mouthRollLower"]] + f[..., INDEX["mouthRollUpper"]])
+    return jaw, lips, roll
+
+
+def mouth_gap(frames: np.ndarray) -> np.ndarray:
+    """Lip gap of motion rows, in units of a fully open jaw: what a viewer sees of the mouth opening.
+
+    ``jawOpen`` sealed by ``mouthClose`` (the renderer seals mouthClose × jawOpen, as ARKit) plus
+    what the lips themselves part (upper lip raised, lower lip lowered, funnel), less what rolled
+    lips cover.
+    """
+    jaw, lips, roll = _lip_terms(frames)
+    return np.maximum(0.0, jaw + lips * np.minimum(1.0, jaw / LIP_PARTING_FULL_GAP * 0.75 + 0.25) - roll * jaw)
+
+
+def show_gap_once(frames: np.ndarray) -> np.ndarray:
+    """Motion rows whose :func:`mouth_gap` is their jaw gap (``jawOpen × (1 − mouthClose)``): the
+    jaw opened less by what the lip shapes part, and where even a shut jaw would show more, the
+    lip shapes parting less. A model whose jaw follows how open a sound is, with lip shapes on
+    top, would otherwise show the mouth opening twice over (a copy, float32)."""
+    out = np.array(frames, dtype=np.float32, copy=True)
+    gap, lips, roll = _lip_terms(out)
+    wide = (gap - lips) / (1.0 - roll)  # the jaw gap if the lips part fully
+    narrow = (gap - 0.25 * lips) / (1.0 - roll + 0.75 / LIP_PARTING_FULL_GAP * lips)
+    jaw_gap = np.where(wide >= LIP_PARTING_FULL_GAP, wide, np.maximum(narrow, 0.0))
+    lip_scale = np.where(gap < 0.25 * lips, gap / np.maximum(0.25 * lips, 1e-9), 1.0)
+    for name in LIP_PARTING:
+        columns = [INDEX[name]] if name == "mouthFunnel" else [INDEX[name + "Left"], INDEX[name + "Right"]]
+        out[..., columns] *= lip_scale[..., None].astype(np.float32)
+    jaw = out[..., INDEX["jawOpen"]]
+    out[..., INDEX["jawOpen"]] = np.minimum(np.where(gap > 1e-6, jaw * jaw_gap / np.maximum(gap, 1e-9), jaw), 1.0)
+    return out
+
+
 # Hard limits every producer is clipped to before rendering: ±0.35 rad (20°) of rotation,
 # ±0.15 face widths of translation, ±0.1 log scale; blendshapes in [0, 1].
 HEAD_LIMITS = np.array([0.35, 0.35, 0.35, 0.15, 0.15, 0.1], dtype=np.float32)

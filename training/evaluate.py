@@ -2,10 +2,12 @@
 
 For every evaluation clip and every model (baseline, teacher, student):
 
-- **openness r**: Pearson r between the model's mouth opening — ``jawOpen × (1 − mouthClose)``,
-  the jaw gap as the renderer seals it — and the ground truth of ``emolive.training.visemes.openness``;
+- **openness r**: Pearson r between the model's mouth opening — the lip gap a viewer sees
+  (``engine.motion_space.mouth_gap``: the jaw's gap as the renderer seals it, ``jawOpen × (1 −
+  mouthClose)``, plus what the lip shapes part) — and the ground truth of
+  ``emolive.training.visemes.openness``;
 - **closure recall**: the share of bilabial closures (runs of m/b/p ≥ 40 ms) during which the
-  mouth closes: some frame overlapping the closure has a jaw gap under 0.05 (7 % of a fully
+  mouth closes: some frame overlapping the closure has a lip gap under 0.05 (7 % of a fully
   open jaw);
 - **best A/V offset**: the lag (ms, sub-frame by a parabola through the correlation peak) that
   maximises the correlation between model and ground truth; positive = the face is late.
@@ -27,7 +29,7 @@ import numpy as np
 
 from emolive.engine.audio import SILENCE_FEATURE, log_mel, video_frame_features
 from emolive.engine.motion import MotionModel, generate
-from emolive.engine.motion_space import FPS, INDEX, SHUT_LIP_GAP, MotionControls
+from emolive.engine.motion_space import FPS, INDEX, SHUT_LIP_GAP, MotionControls, mouth_gap
 from emolive.training.tts import Phone
 from emolive.training.visemes import closure_intervals, openness
 
@@ -38,7 +40,8 @@ MAX_LAG_FRAMES = 4
 
 
 def jaw_gap(frames: np.ndarray) -> np.ndarray:
-    """``jawOpen × (1 − mouthClose)``: how far the lips are apart, in jawOpen units."""
+    """``jawOpen × (1 − mouthClose)``: how far the jaw parts the lips, in jawOpen units (the lip
+    gap a motion model means, which its frames show once: ``engine.motion_space.show_gap_once``)."""
     f = np.asarray(frames, np.float64)
     return f[:, INDEX["jawOpen"]] * (1.0 - np.clip(f[:, INDEX["mouthClose"]], 0.0, 1.0))
 
@@ -109,7 +112,7 @@ class ModelScores:
 def score_track(frames: np.ndarray, phones: Sequence[Phone], group: str) -> ClipScore:
     n = len(frames)
     truth = openness(phones, FPS, n)
-    gap = jaw_gap(frames)
+    gap = mouth_gap(frames)
     r = float(np.corrcoef(truth, gap)[0, 1]) if gap.std() > 0 else 0.0
     hits, total = closure_recall(gap, phones)
     return ClipScore(group, r, hits, total, best_offset_ms(truth, gap))
@@ -122,7 +125,7 @@ def false_closure_rate(frames: np.ndarray, phones: Sequence[Phone]) -> float:
     """Share of clearly open frames (ground truth ≥ 0.3) where the model's lips are shut."""
     truth = openness(phones, FPS, len(frames))
     open_frames = truth >= OPEN_TRUTH
-    return float(np.mean(jaw_gap(frames)[open_frames] < SHUT_LIP_GAP)) if open_frames.any() else 0.0
+    return float(np.mean(mouth_gap(frames)[open_frames] < SHUT_LIP_GAP)) if open_frames.any() else 0.0
 
 
 SEAL_BIASES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -165,7 +168,7 @@ def closure_scores(model: MotionModel, features: Sequence[np.ndarray],
     hits = total = 0
     false = []
     for track, (_, phones, _) in zip(generate_tracks(model, features, seed), clips):
-        h, n = closure_recall(jaw_gap(track), phones)
+        h, n = closure_recall(mouth_gap(track), phones)
         hits, total = hits + h, total + n
         false.append(false_closure_rate(track, phones))
     return hits / max(1, total), float(np.mean(false))

@@ -26,6 +26,7 @@ from emolive.engine.audio import log_mel, video_frame_features
 from emolive.engine.motion.diffusion import DiffusionMotion, apply_lips
 from emolive.engine.motion.lipgap import LipGapRegressor
 from emolive.engine.motion.seal import SealDetector
+from emolive.engine.motion_space import show_gap_once
 from emolive.training.evaluate import false_closure_rate, generate_tracks, score_track
 from emolive.training.tts import Phone
 
@@ -51,7 +52,7 @@ def calibrate_lip_readers(model: DiffusionMotion, detector: SealDetector | None,
     phones, group). Returns every setting tried; the chosen ones are the last of their kind."""
     features = [video_frame_features(log_mel(audio)) for audio, _, _ in clips]
     alone = model.new_stream()
-    alone.seal_detector, alone.lip_gap = None, None
+    alone.seal_detector, alone.lip_gap, alone.shows_gap_once = None, None, False
     tracks = generate_tracks(alone, features, seed)
     windows = [alone.audio_windows(f) for f in features]
     gaps = [regressor.gap(w) for w in windows] if regressor is not None else None
@@ -63,6 +64,7 @@ def calibrate_lip_readers(model: DiffusionMotion, detector: SealDetector | None,
             frames = track.copy()
             sealed = chances[i] > threshold if threshold is not None else np.zeros(len(frames), bool)
             apply_lips(frames, sealed, gaps[i] if gaps is not None else None, blend, gate)
+            frames = show_gap_once(frames)
             clip_score = score_track(frames, phones, group)
             rs.append(clip_score.r)
             hits, total = hits + clip_score.closures_hit, total + clip_score.closures

@@ -102,9 +102,10 @@ def write_model_card(metrics: dict, path: Path) -> None:
         "",
         metrics.get("singing_table", "(no singing evaluated)"),
         "",
-        "Openness r: Pearson r of jawOpen × (1 − mouthClose) with the phone-based ground truth "
-        "(`emolive.training.visemes.openness`); closure recall: share of m/b/p closures ≥ 40 ms with a frame whose gap is "
-        "under 0.05; offset: median best A/V lag (positive = face late).",
+        "Openness r: Pearson r of the lip gap a viewer sees (`engine.motion_space.mouth_gap`: jawOpen × (1 − mouthClose) "
+        "plus what the lip shapes part) with the phone-based ground truth (`emolive.training.visemes.openness`); closure "
+        "recall: share of m/b/p closures ≥ 40 ms with a frame whose gap is under 0.05; offset: median best A/V lag "
+        "(positive = face late).",
         "",
         "## Limits",
         "- Trained on synthetic speech only; see docs/model.md for the real-voice check.",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emolive.engine.motion_space import FPS, INDEX, NUM_CHANNELS, clip_frames
+from emolive.engine.motion_space import FPS, INDEX, NUM_CHANNELS, clip_frames, mouth_gap
 from emolive.training.tts import Phone
 from emolive.training.visemes import BILABIALS, OPENNESS, SILENCES
 
@@ -38,8 +38,6 @@ __all__ = [
 ]
 
 JAW_SCALE = 0.7  # jawOpen of the most open vowel
-# Renderer geometry (engine.rig): lip gap per unit of each shape, relative to the jaw's drop.
-_GAP_PER = {"mouthUpperUp": 0.055 / 0.42, "mouthLowerDown": 0.065 / 0.42, "mouthFunnel": 0.11 / 0.42}
 
 
 @dataclass(frozen=True)
@@ -240,24 +238,6 @@ def _pin_closures(out: np.ndarray, phones: Sequence[Phone], fps: float) -> None:
             for shape in ("mouthUpperUp", "mouthLowerDown"):
                 out[frames, INDEX[shape + side]] = 0.0
         out[frames, INDEX["mouthFunnel"]] = np.minimum(out[frames, INDEX["mouthFunnel"]], 0.1)
-
-
-def mouth_gap(frames: np.ndarray) -> np.ndarray:
-    """Lip gap of motion rows, in units of a fully open jaw: what a viewer sees of the mouth opening.
-
-    ``jawOpen`` sealed by ``mouthClose`` (the renderer seals mouthClose × jawOpen, as ARKit) plus
-    what the lips themselves open (upper lip raised, lower lip lowered, funnel).
-    """
-    f = np.asarray(frames, np.float64)
-    jaw = f[..., INDEX["jawOpen"]] * (1.0 - np.clip(f[..., INDEX["mouthClose"]], 0.0, 1.0))
-    lips = sum(
-        k * 0.5 * (f[..., INDEX[name + "Left"]] + f[..., INDEX[name + "Right"]]) if name != "mouthFunnel"
-        else k * f[..., INDEX[name]]
-        for name, k in _GAP_PER.items()
-    )
-    # Rolled lips cover the gap.
-    roll = 0.3 * (f[..., INDEX["mouthRollLower"]] + f[..., INDEX["mouthRollUpper"]])
-    return np.maximum(0.0, jaw + lips * np.minimum(1.0, 4.0 * jaw + 0.25) - roll * jaw)
 
 
 CLOSED_GAP = 0.05

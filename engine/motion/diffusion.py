@@ -25,7 +25,11 @@ voices.
 The frames a caller gets have the checkpoint's *rest offset* taken off the expression
 channels: the highest level each holds in digital silence (a faint smile, squint and brow the
 training targets' idle drift left in the model). Silence then shows the portrait's own
-expression, not the model's idle one; the buffer keeps the model's own values.
+expression, not the model's idle one; the buffer keeps the model's own values. They also show
+the lip gap once: the model's jaw follows how open a sound is and its lip shapes (upper lip
+raised, lower lip lowered, funnel) part the lips on top, so the jaw is lowered by what the lips
+part (``engine.motion_space.show_gap_once``), and the renderer, or a caller's own avatar, shows
+the opening the model means.
 
 A call may ask for any number of frames: they are made in hops of ``H`` (a shorter trailing hop
 has its missing frames marked as such), so chunking a stream in multiples of ``H`` frames gives
@@ -72,6 +76,7 @@ from emolive.engine.motion_space import (
     SHUT_LIP_GAP,
     MotionControls,
     clip_frames,
+    show_gap_once,
 )
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -206,6 +211,9 @@ class DiffusionMotion:
                 raise ValueError("the lip readers read one-frame hops with the denoiser's audio window; this checkpoint's differ")
         self.seal_detector = seal_detector
         self.lip_gap = lip_gap
+        # The frames a caller gets show the lip gap the model means once, not again on top of
+        # what the lip shapes part (False: the model's own jaw, for calibrating the lip readers).
+        self.shows_gap_once = True
         self._mean = model.mean.numpy().astype(np.float32)
         self._std = model.std.numpy().astype(np.float32)
         self.start(MotionControls())
@@ -305,7 +313,7 @@ class DiffusionMotion:
             self._band_mean.update(window[:n])
         self._apply_lips(frames, lips)
         frames[:, EXPRESSION_CHANNELS] = np.maximum(frames[:, EXPRESSION_CHANNELS] - self.rest_offset[EXPRESSION_CHANNELS], 0.0)
-        return frames
+        return show_gap_once(frames) if self.shows_gap_once else frames
 
     def _apply_lips(self, frames: np.ndarray, lips: LipReading) -> None:
         """What the lip readers heard, on the frames the caller gets (the buffer keeps the model's own)."""
