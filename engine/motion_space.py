@@ -66,16 +66,24 @@ LIP_PARTING = {"mouthUpperUp": 0.055 / 0.42, "mouthLowerDown": 0.065 / 0.42, "mo
 LIP_ROLL_COVER = 0.3
 # The lips part fully from this jaw gap on; below it, in proportion (a quarter with the jaw shut).
 LIP_PARTING_FULL_GAP = 0.1875
+# The columns of each lip shape (the sided ones: left and right, which part the lips by their mean).
+_LIP_COLUMNS = {name: [INDEX[name]] if name in INDEX else [INDEX[name + "Left"], INDEX[name + "Right"]]
+                for name in LIP_PARTING}
+
+
+def jaw_gap(frames: np.ndarray) -> np.ndarray:
+    """``jawOpen × (1 − mouthClose)`` of motion rows: how far the jaw parts the lips, in jawOpen
+    units (the lip gap a motion model means, which its frames show once: :func:`show_gap_once`)."""
+    f = np.asarray(frames, np.float64)
+    return f[..., INDEX["jawOpen"]] * (1.0 - np.clip(f[..., INDEX["mouthClose"]], 0.0, 1.0))
 
 
 def _lip_terms(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(jaw gap, what the lip shapes part, share of the jaw's gap rolled lips cover) of motion rows."""
     f = np.asarray(frames, np.float64)
-    jaw = f[..., INDEX["jawOpen"]] * (1.0 - np.clip(f[..., INDEX["mouthClose"]], 0.0, 1.0))
-    lips = sum(k * (f[..., INDEX[name]] if name == "mouthFunnel" else
-                    0.5 * (f[..., INDEX[name + "Left"]] + f[..., INDEX[name + "Right"]])) for name, k in LIP_PARTING.items())
+    lips = sum(k * f[..., _LIP_COLUMNS[name]].mean(axis=-1) for name, k in LIP_PARTING.items())
     roll = LIP_ROLL_COVER * (f[..., INDEX["mouthRollLower"]] + f[..., INDEX["mouthRollUpper"]])
-    return jaw, lips, roll
+    return jaw_gap(f), lips, roll
 
 
 def mouth_gap(frames: np.ndarray) -> np.ndarray:
@@ -100,8 +108,7 @@ def show_gap_once(frames: np.ndarray) -> np.ndarray:
     narrow = (gap - 0.25 * lips) / (1.0 - roll + 0.75 / LIP_PARTING_FULL_GAP * lips)
     jaw_gap = np.where(wide >= LIP_PARTING_FULL_GAP, wide, np.maximum(narrow, 0.0))
     lip_scale = np.where(gap < 0.25 * lips, gap / np.maximum(0.25 * lips, 1e-9), 1.0)
-    for name in LIP_PARTING:
-        columns = [INDEX[name]] if name == "mouthFunnel" else [INDEX[name + "Left"], INDEX[name + "Right"]]
+    for columns in _LIP_COLUMNS.values():
         out[..., columns] *= lip_scale[..., None].astype(np.float32)
     jaw = out[..., INDEX["jawOpen"]]
     out[..., INDEX["jawOpen"]] = np.minimum(np.where(gap > 1e-6, jaw * jaw_gap / np.maximum(gap, 1e-9), jaw), 1.0)

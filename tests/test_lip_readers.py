@@ -14,8 +14,8 @@ from emolive.engine.motion.diffusion import SEALED_JAW, DiffusionMotion, default
 from emolive.engine.motion.lipgap import LipGapRegressor, load_regressor, save_regressor
 from emolive.engine.motion.seal import WEIGHTS_NAME, SealDetector, load_detector, save_detector
 from emolive.engine.motion.windownet import AudioWindowConfig
-from emolive.engine.motion_space import INDEX, SHUT_LIP_GAP, MotionControls, mouth_gap, show_gap_once
-from emolive.training.evaluate import closure_recall, jaw_gap
+from emolive.engine.motion_space import INDEX, SHUT_LIP_GAP, MotionControls, jaw_gap, mouth_gap, show_gap_once
+from emolive.training.evaluate import closure_recall
 
 torch.set_num_threads(1)
 

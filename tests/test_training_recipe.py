@@ -25,7 +25,7 @@ def _phones(spec: str, step: float = 0.12) -> list[Phone]:
 
 
 def test_lip_targets_close_bilabials_tuck_fv_and_round_oo() -> None:
-    from emolive.training.evaluate import jaw_gap
+    from emolive.engine.motion_space import jaw_gap
     from emolive.training.targets import lip_tracks
 
     phones = _phones("pau aa m aa pau aa f aa pau aa w uw pau")
@@ -45,7 +45,7 @@ def test_lip_targets_close_bilabials_tuck_fv_and_round_oo() -> None:
 
 def test_targets_match_the_ground_truth_and_have_free_motion() -> None:
     _need("flite:slt")
-    from emolive.training.evaluate import jaw_gap
+    from emolive.engine.motion_space import jaw_gap
     from emolive.training.targets import Controls, motion_targets
     from emolive.training.tts import synthesize
     from emolive.training.visemes import openness

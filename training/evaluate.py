@@ -29,7 +29,7 @@ import numpy as np
 
 from emolive.engine.audio import SILENCE_FEATURE, log_mel, video_frame_features
 from emolive.engine.motion import MotionModel, generate
-from emolive.engine.motion_space import FPS, INDEX, SHUT_LIP_GAP, MotionControls, mouth_gap
+from emolive.engine.motion_space import FPS, SHUT_LIP_GAP, MotionControls, mouth_gap
 from emolive.training.tts import Phone
 from emolive.training.visemes import closure_intervals, openness
 
@@ -37,13 +37,6 @@ if TYPE_CHECKING:
     from emolive.engine.motion.diffusion import DiffusionMotion
 
 MAX_LAG_FRAMES = 4
-
-
-def jaw_gap(frames: np.ndarray) -> np.ndarray:
-    """``jawOpen × (1 − mouthClose)``: how far the jaw parts the lips, in jawOpen units (the lip
-    gap a motion model means, which its frames show once: ``engine.motion_space.show_gap_once``)."""
-    f = np.asarray(frames, np.float64)
-    return f[:, INDEX["jawOpen"]] * (1.0 - np.clip(f[:, INDEX["mouthClose"]], 0.0, 1.0))
 
 
 def closure_recall(gap: np.ndarray, phones: Sequence[Phone], fps: float = FPS) -> tuple[int, int]:

@@ -30,7 +30,7 @@ class LipGapTrainConfig(WindowNetTrainConfig):
 def lip_gap_targets(sampler: WindowSampler, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(windows,) the training targets' lip gap at the hop frame of each of ``sampler``'s windows
     (``mean``/``std``: the motion normalisation the sampler's targets are in)."""
-    from emolive.training.evaluate import jaw_gap
+    from emolive.engine.motion_space import jaw_gap
 
     return jaw_gap(sampler.targets[sampler.starts] * std + mean).astype(np.float32)
 
