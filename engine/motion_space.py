@@ -106,12 +106,12 @@ def show_gap_once(frames: np.ndarray) -> np.ndarray:
     gap, lips, roll = _lip_terms(out)
     wide = (gap - lips) / (1.0 - roll)  # the jaw gap if the lips part fully
     narrow = (gap - 0.25 * lips) / (1.0 - roll + 0.75 / LIP_PARTING_FULL_GAP * lips)
-    jaw_gap = np.where(wide >= LIP_PARTING_FULL_GAP, wide, np.maximum(narrow, 0.0))
+    wanted_jaw_gap = np.where(wide >= LIP_PARTING_FULL_GAP, wide, np.maximum(narrow, 0.0))
     lip_scale = np.where(gap < 0.25 * lips, gap / np.maximum(0.25 * lips, 1e-9), 1.0)
     for columns in _LIP_COLUMNS.values():
         out[..., columns] *= lip_scale[..., None].astype(np.float32)
     jaw = out[..., INDEX["jawOpen"]]
-    out[..., INDEX["jawOpen"]] = np.minimum(np.where(gap > 1e-6, jaw * jaw_gap / np.maximum(gap, 1e-9), jaw), 1.0)
+    out[..., INDEX["jawOpen"]] = np.minimum(np.where(gap > 1e-6, jaw * wanted_jaw_gap / np.maximum(gap, 1e-9), jaw), 1.0)
     return out
 
 
