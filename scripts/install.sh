@@ -9,7 +9,9 @@ apt_packages=(flite espeak-ng festival festvox-kallpc16k chromium sox
               festvox-us-slt-hts alsa-utils fortunes-min fortunes-de fortunes-es fortunes-it wamerican wngerman wfrench wspanish wportuguese wpolish wdutch wswedish
               # more training voices (training/corpus.py FESTIVAL_VOICES) and their text; festvox-ru is ~240 MB
               festvox-kdlpc16k festvox-ca-ona-hts festvox-czech-dita festvox-czech-krb festvox-czech-machac festvox-czech-ph
-              festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru fortunes-cs fortunes-ru wcatalan)
+              festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru fortunes-cs fortunes-ru wcatalan
+              # real recorded speech with transcripts, for evaluation only (training/realspeech.py)
+              pocketsphinx-testdata asterisk-core-sounds-en asterisk-core-sounds-en-wav)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
