@@ -27,10 +27,10 @@ forced alignment of the transcript (its US English acoustic model and dictionary
 ``pocketsphinx`` wheel; :func:`align_with_pocketsphinx`).
 
 Found and not used, for want of phone truth: Asterisk's Spanish, French, Italian and Russian
-prompts (no aligner for those languages ships; the English acoustic model, given espeak-ng's
-phones, places them too loosely: aligning espeak-ng's own speech that way recovers its phone
-openness at r 0.57-0.77 only) and ``codec2-examples``' speech (no transcripts).
-"""
+prompts (no aligner for those languages ships; the English acoustic model given espeak-ng's
+phones of the transcript agrees with the Russian recordings' own labels at openness r 0.81 only,
+and on the Spanish prompts its truth follows the audio's energy at r 0.33 where the same
+speaker's English prompts give 0.58) and ``codec2-examples``' speech (no transcripts)."""
 
 from __future__ import annotations
 
