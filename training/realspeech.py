@@ -93,7 +93,7 @@ def _pocketsphinx_phone(name: str) -> str:
     return symbol if symbol in _RADIO_PHONES else "pau"
 
 
-_PAD = 3200  # samples: 0.2 s
+_EDGE_SILENCE = 3200  # samples at 16 kHz (0.2 s) added at each end before aligning
 
 
 @functools.cache
@@ -112,8 +112,8 @@ def align_with_pocketsphinx(audio: np.ndarray, text: str) -> list[Phone]:
     """Phones of English ``text`` on 16 kHz ``audio``: pocketsphinx's forced alignment of its
     dictionary's pronunciations (10 ms frames), tiled over the whole recording."""
     decoder = _english_decoder()
-    # Silence each side, so that speech cut off at the file's edges still ends in the final state.
-    padded = np.concatenate([np.zeros(_PAD, np.float32), audio, np.zeros(_PAD, np.float32)])
+    # The aligner expects silence around the words; some recordings are trimmed tight to them.
+    padded = np.concatenate([np.zeros(_EDGE_SILENCE, np.float32), audio, np.zeros(_EDGE_SILENCE, np.float32)])
     pcm = (np.clip(padded, -1.0, 1.0) * 32767).astype("<i2").tobytes()
     decoder.set_align_text(" ".join(_words(text)))
     try:
@@ -133,8 +133,8 @@ def align_with_pocketsphinx(audio: np.ndarray, text: str) -> list[Phone]:
     for word in alignment:
         for phone in word:
             symbol = _pocketsphinx_phone(phone.name)
-            start = max(0.0, phone.start * 0.01 - _PAD / 16000)
-            end = min(duration, (phone.start + phone.duration) * 0.01 - _PAD / 16000)
+            start = max(0.0, phone.start * 0.01 - _EDGE_SILENCE / 16000)
+            end = min(duration, (phone.start + phone.duration) * 0.01 - _EDGE_SILENCE / 16000)
             if end <= start:
                 continue
             if phones and phones[-1].symbol == symbol == "pau":
