@@ -19,7 +19,7 @@ def add_eval_parser(commands) -> None:
                     "unless --corpus names one, runs baseline, teacher and student on it, and prints three markdown "
                     "tables kept apart: held-out TTS, the real recorded speech that ships in packages (CMU ARCTIC, "
                     "alsa-utils, the msu_ru_nsh recordings, pocketsphinx's test recordings, Asterisk's English "
-                    "prompts), and singing; then the student's ms per hop.",
+                    "prompts; a row per language as well as per source), and singing; then the student's ms per hop.",
     )
     lip.add_argument("--corpus", type=Path, help="an eval.npz written by `emolive train` (default: synthesise it)")
     lip.add_argument("--weights", type=Path, help="folder with teacher/student .safetensors (default: the shipped ones)")

@@ -43,7 +43,7 @@ def test_every_installed_source_is_scored() -> None:
     groups = {group for _, _, group in realspeech.real_clips()}
     expected = {
         "real:ru_msu_nsh": realspeech.MSU_RU.is_dir(),
-        "real:alsa": realspeech.ALSA.is_dir(),
+        "real:en_alsa": realspeech.ALSA.is_dir(),
         "real:en_librivox": (realspeech.POCKETSPHINX / "librivox").is_dir(),
         "real:en_commands": (realspeech.POCKETSPHINX / "cards").is_dir(),
         "real:en_asterisk": realspeech.ASTERISK_EN.is_dir() and realspeech.ASTERISK_EN_TEXTS.is_file(),
@@ -51,3 +51,16 @@ def test_every_installed_source_is_scored() -> None:
     missing = {group for group, installed in expected.items() if installed and group not in groups}
     assert not missing, f"installed but not scored: {missing}"
     assert realspeech.asterisk_clips(3), "the English Asterisk prompts align"
+
+
+def test_the_real_speech_table_sums_up_each_language() -> None:
+    from emolive.training.evaluate import ClipScore, ModelScores, group_table, summaries
+
+    scores = ModelScores("student", [ClipScore("real:en_audiobook", 0.9, 3, 4, 0.0),
+                                     ClipScore("real:en_phone", 0.7, 0, 0, 10.0),
+                                     ClipScore("real:ru_studio", 0.6, 1, 2, -10.0)])
+    table = group_table({"student": scores})
+    assert "| student | **en** (2 clips) | 0.800 | 0.750 | +5 |" in table
+    assert "| student | **ru** (1 clip) | 0.600 | 0.500 | -10 |" in table
+    assert "| student | **overall** | 0.733 | 0.667 | +0 |" in table
+    assert summaries({"student": scores})["student"]["language:en"]["openness_r"] == pytest.approx(0.8)

@@ -83,6 +83,11 @@ class ClipScore:
     offset_ms: float
 
 
+def real_language(group: str) -> str | None:
+    """The language a real-speech group names first (``real:en_librivox`` -> ``en``); None for others."""
+    return group.removeprefix("real:").partition("_")[0] if group.startswith("real:") else None
+
+
 @dataclass
 class ModelScores:
     name: str
@@ -93,8 +98,16 @@ class ModelScores:
     def groups(self) -> list[str]:
         return sorted({c.group for c in self.clips})
 
-    def summary(self, group: str | None = None) -> tuple[float, float, float]:
-        cs = [c for c in self.clips if group is None or c.group == group]
+    def languages(self) -> list[str]:
+        """The languages the real-speech groups name (none for TTS and singing groups)."""
+        return sorted({lang for c in self.clips if (lang := real_language(c.group)) is not None})
+
+    def clips_of(self, group: str | None = None, language: str | None = None) -> list[ClipScore]:
+        return [c for c in self.clips
+                if (group is None or c.group == group) and (language is None or real_language(c.group) == language)]
+
+    def summary(self, group: str | None = None, language: str | None = None) -> tuple[float, float, float]:
+        cs = self.clips_of(group, language)
         r = float(np.mean([c.r for c in cs]))
         hits = sum(c.closures_hit for c in cs)
         total = sum(c.closures for c in cs)
@@ -282,26 +295,33 @@ def ms_per_hop(model: MotionModel, seconds: float = 8.0, seed: int = 0) -> float
 
 def group_table(results: dict[str, ModelScores], overall: bool = True) -> str:
     """Markdown rows per model and group (closure recall ``n/a`` where a group has no bilabial
-    closure), then each model's overall row."""
+    closure), then per language where the groups name one (real speech), then each model's
+    overall row."""
     lines = ["| model | group | openness r | closure recall | best offset (ms) |", "|---|---|---:|---:|---:|"]
     for name, s in results.items():
-        for g in s.groups() + ([None] if overall else []):
-            r, rec, off = s.summary(g)
-            closures = sum(c.closures for c in s.clips if g is None or c.group == g)
-            label = g if g is not None else "**overall**"
+        rows = [(g, None, g) for g in s.groups()]
+        for lang in s.languages():
+            n = len(s.clips_of(language=lang))
+            rows.append((None, lang, f"**{lang}** ({n} clip{'s' if n != 1 else ''})"))
+        rows += [(None, None, "**overall**")] if overall else []
+        for group, language, label in rows:
+            r, rec, off = s.summary(group, language)
+            closures = sum(c.closures for c in s.clips_of(group, language))
             lines.append(f"| {name} | {label} | {r:.3f} | {f'{rec:.3f}' if closures else 'n/a'} | {off:+.0f} |")
     return "\n".join(lines)
 
 
 def summaries(results: dict[str, ModelScores]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """{model: {group or "overall": {openness_r, closure_recall (None without closures), offset_ms}}}."""
+    """{model: {group, "language:<code>" (real speech) or "overall": {openness_r, closure_recall
+    (None without closures), offset_ms}}}."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, s in results.items():
         out[name] = {}
-        for g in s.groups() + [None]:
-            r, rec, off = s.summary(g)
-            closures = sum(c.closures for c in s.clips if g is None or c.group == g)
-            out[name][g or "overall"] = {"openness_r": r, "closure_recall": rec if closures else None, "offset_ms": off}
+        rows = [(g, None, g) for g in s.groups()] + [(None, lang, f"language:{lang}") for lang in s.languages()]
+        for group, language, key in rows + [(None, None, "overall")]:
+            r, rec, off = s.summary(group, language)
+            closures = sum(c.closures for c in s.clips_of(group, language))
+            out[name][key] = {"openness_r": r, "closure_recall": rec if closures else None, "offset_ms": off}
     return out
 
 

@@ -80,7 +80,7 @@ def arctic_clip() -> tuple[np.ndarray, list[Phone], str] | None:
     phones = read_hts_labels(DATA / "arctic_a0009_phone.lab")
     last = phones[-1]
     phones[-1] = Phone(last.symbol, last.start, max(last.start + 1e-3, len(audio) / 16000))
-    return audio, phones, "real:arctic_slt"
+    return audio, phones, "real:en_arctic"
 
 
 class AlignmentError(ValueError):
@@ -158,7 +158,7 @@ def alsa_clips() -> list[tuple[np.ndarray, list[Phone], str]]:
         wav = ALSA / f"{name}.wav"
         if wav.is_file():
             audio = load_audio(wav)
-            clips.append((audio, align_with_pocketsphinx(audio, text), "real:alsa"))
+            clips.append((audio, align_with_pocketsphinx(audio, text), "real:en_alsa"))
     return clips
 
 
@@ -273,5 +273,5 @@ def real_clips() -> list[tuple[np.ndarray, list[Phone], str]]:
             phones += [Phone(p.symbol, p.start + t, p.end + t) for p in ph]
             phones.append(Phone("pau", t + len(audio) / 16000, t + (len(audio) + len(gap)) / 16000))
             t += (len(audio) + len(gap)) / 16000
-        clips.append((np.concatenate(audio_parts), phones, "real:alsa"))
+        clips.append((np.concatenate(audio_parts), phones, "real:en_alsa"))
     return clips
