@@ -102,6 +102,10 @@ class ModelScores:
         """The languages the real-speech groups name (none for TTS and singing groups)."""
         return sorted({lang for c in self.clips if (lang := real_language(c.group)) is not None})
 
+    def subsets(self) -> list[tuple[str | None, str | None]]:
+        """(group, None) for each group, then (None, language) for each real-speech language."""
+        return [(g, None) for g in self.groups()] + [(None, lang) for lang in self.languages()]
+
     def clips_of(self, group: str | None = None, language: str | None = None) -> list[ClipScore]:
         return [c for c in self.clips
                 if (group is None or c.group == group) and (language is None or real_language(c.group) == language)]
@@ -299,14 +303,16 @@ def group_table(results: dict[str, ModelScores], overall: bool = True) -> str:
     overall row."""
     lines = ["| model | group | openness r | closure recall | best offset (ms) |", "|---|---|---:|---:|---:|"]
     for name, s in results.items():
-        rows = [(g, None, g) for g in s.groups()]
-        for lang in s.languages():
-            n = len(s.clips_of(language=lang))
-            rows.append((None, lang, f"**{lang}** ({n} clip{'s' if n != 1 else ''})"))
-        rows += [(None, None, "**overall**")] if overall else []
-        for group, language, label in rows:
+        for group, language in s.subsets() + ([(None, None)] if overall else []):
+            cs = s.clips_of(group, language)
+            if group is not None:
+                label = group
+            elif language is not None:
+                label = f"**{language}** ({len(cs)} clip{'s' if len(cs) != 1 else ''})"
+            else:
+                label = "**overall**"
             r, rec, off = s.summary(group, language)
-            closures = sum(c.closures for c in s.clips_of(group, language))
+            closures = sum(c.closures for c in cs)
             lines.append(f"| {name} | {label} | {r:.3f} | {f'{rec:.3f}' if closures else 'n/a'} | {off:+.0f} |")
     return "\n".join(lines)
 
@@ -317,8 +323,8 @@ def summaries(results: dict[str, ModelScores]) -> dict[str, dict[str, dict[str, 
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, s in results.items():
         out[name] = {}
-        rows = [(g, None, g) for g in s.groups()] + [(None, lang, f"language:{lang}") for lang in s.languages()]
-        for group, language, key in rows + [(None, None, "overall")]:
+        for group, language in s.subsets() + [(None, None)]:
+            key = group or (f"language:{language}" if language else "overall")
             r, rec, off = s.summary(group, language)
             closures = sum(c.closures for c in s.clips_of(group, language))
             out[name][key] = {"openness_r": r, "closure_recall": rec if closures else None, "offset_ms": off}
